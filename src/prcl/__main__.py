@@ -1,0 +1,3 @@
+from prcl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""Typed, validated configuration: YAML files plus ``a.b=value`` overrides.
+
+A config is a tree of dataclasses. ``load_config`` reads a YAML file (or a built-in name such
+as ``synthetic`` or ``voc_662``), applies command-line overrides, and checks every key and
+type: an unknown key is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prcl.errors import ConfigError
+
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet101"
+    """resnet18 | resnet34 | resnet50 | resnet101 | resnet101_deepstem"""
+    output_stride: int = 16
+    """16 (ASPP rates 6/12/18) or 8 (rates 12/24/36)."""
+    pretrained: str | None = None
+    """Encoder weights: a local .pth file, 'torchvision' (downloads), or null (random init)."""
+    rep_dim: int = 256
+    """Dimensions of the representation mu and of the variance sigma^2."""
+    head_channels: int = 256
+    """Width of the 3x3 conv in the classification and representation heads."""
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = 640
+    num_val: int = 128
+    image_size: int = 160
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    """voc | cityscapes | folder | synthetic"""
+    root: str = ""
+    """Dataset root. Empty for synthetic means the cache folder ($PRCL_CACHE or ~/.cache/prcl)."""
+    split_dir: str | None = None
+    """Folder in the authors' layout <split_dir>/<num_labels>/<split_seed>/*_filename.txt.
+    Null: splits are generated deterministically from num_labels and split_seed."""
+    num_labels: int = 662
+    """Labelled training images; the rest of the training set is unlabelled."""
+    split_seed: int = 3407
+    train_split: str = "train"
+    """Cityscapes/folder: the split folder that holds the training images."""
+    val_split: str = "val"
+    crop_size: int = 321
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = 2
+    """Labelled images per process (per GPU)."""
+    unlabeled_batch_size: int | None = None
+    """Unlabelled images per process; null means the same as batch_size."""
+    num_workers: int = 4
+    mix_mode: str = "classmix"
+    """classmix | cutmix | cutout | none"""
+    mix_across_ranks: bool = True
+    """With several processes, pair images for mixing within the batch gathered from all of
+    them (METHOD.md section 9); false pairs them within each process's own batch."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class LossConfig:
+    """Thresholds and sampling of METHOD.md sections 5-7."""
+
+    weak_threshold: float = 0.7
+    strong_threshold: float = 0.8
+    un_threshold: float = 0.97
+    temperature: float = 100.0
+    num_queries: int = 256
+    num_negatives: int = 512
+
+
+@dataclass
+class RampConfig:
+    """lambda_c = max_value * exp(ramp_mult * (epoch / max_epoch)^2), clipped at min_value."""
+
+    max_value: float = 1.0
+    min_value: float = 0.0
+    ramp_mult: float = -5.0
+    max_epoch: int = 200
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3.2e-3
+    probability_head_lr: float = 5e-5
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    poly_power: float = 0.9
+    min_lr: float = 1e-6
+    reference_batch_size: int = 16
+    """Total labelled batch (all GPUs) that lr belongs to: the authors' 2 x 8 GPUs for VOC."""
+    scale_lr: bool = True
+    """Scale lr linearly when the actual total batch differs from reference_batch_size."""
+
+
+@dataclass
+class TrainConfig:
+    method: str = "prcl"
+    """prcl | supervised (the labelled-only baseline on the same subset)"""
+    epochs: int = 200
+    steps_per_epoch: int = 1000
+    """Optimiser steps per 'epoch'. The authors count ~2,000 images per GPU: 1,000 steps at
+    batch 2. lambda_c ramps down per epoch; evaluation runs every eval_every epochs."""
+    ema_alpha: float = 0.99
+    eval_every: int = 5
+    amp: str = "auto"
+    """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""
+    seed: int = 3407
+    deterministic: bool = False
+    out_dir: str = "runs/prcl"
+    max_nonfinite_steps: int = 20
+    """Stop after this many consecutive steps whose loss is NaN or infinite."""
+    log_every: int = 20
+    device: str = "auto"
+    """auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"""
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"
+    """whole (the whole image, VOC) | sliding (a sliding window, Cityscapes)"""
+    window: int = 769
+    stride: int = 512
+    flip: bool = False
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ramp: RampConfig = field(default_factory=RampConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.encoder": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem"),
+    "data.dataset": ("voc", "cityscapes", "folder", "synthetic"),
+    "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
+    "train.method": ("prcl", "supervised"),
+    "train.amp": ("auto", "bf16", "fp16", "none"),
+    "eval.mode": ("whole", "sliding"),
+}
+
+
+def builtin_config_names() -> list[str]:
+    """Names of the configs shipped with the package (``synthetic``, ``voc_662``, ...)."""
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to an existing YAML file, or the built-in config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and path.parent == Path(".") and builtin.is_file():
+        return builtin
+    raise ConfigError(
+        f"config '{name_or_path}' not found: give a YAML file or one of the built-in configs "
+        f"({', '.join(builtin_config_names())})"
+    )
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a config (default: the built-in ``synthetic``) and apply ``a.b=value`` overrides."""
+    path = resolve_config_path(name_or_path or "synthetic")
+    raw = apply_overrides(_read_yaml(path, seen=()), overrides)
+    return config_from_dict(raw, source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
+    """Set ``section.key=value`` items (values parsed as YAML) in nested dicts, in place."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        _set_nested(raw, key.strip().split("."), yaml.safe_load(value))
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a ``Config`` from nested dicts; errors name ``source`` and the key."""
+    cfg = _build(Config, raw, prefix="", source=source)
+    _check_choices(cfg, source)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dicts (tuples as lists), ready for YAML or a checkpoint."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A YAML config as dicts; a top-level ``base: NAME`` is read first and deep-merged under
+    this file's values (NAME is a built-in config or a path relative to this file)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    sibling = path.parent / str(base)
+    base_path = sibling if sibling.is_file() else resolve_config_path(str(base))
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_nested(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{'.'.join(keys)}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            valid = ", ".join(fields)
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}'{hint} (valid keys here: {valid})"
+            )
+    values = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{prefix}{name}.", source)
+        else:
+            values[name] = _coerce(raw[name], hint, f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(
+                f"{source}: '{key}' must be a list of {len(args)} values, got {value!r}"
+            )
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(
+        f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
+
+
+def _check_choices(cfg: Config, source: str) -> None:
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{source}: '{key}' is '{value}'{hint} (choose from {', '.join(choices)})"
+            )
+    if cfg.model.output_stride not in (8, 16):
+        raise ConfigError(f"{source}: 'model.output_stride' must be 8 or 16")
+    low, high = cfg.data.scale_range
+    if not 0 < low <= high:
+        raise ConfigError(f"{source}: 'data.scale_range' must be [low, high] with 0 < low <= high")

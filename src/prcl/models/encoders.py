@@ -1,0 +1,183 @@
+"""ResNet encoders for DeepLabv3+ (METHOD.md section 2), with local weight loading.
+
+Every encoder returns two feature maps: ``low`` (layer1, stride 4) for the decoder and ``high``
+(layer4) for ASPP, at output stride 16 (layer4 dilated) or 8 (layer3 and layer4 dilated).
+Module names follow torchvision's ResNet, so a torchvision state dict (e.g. the seed's
+``resnet101-63fe2227.pth``) loads as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+from prcl.errors import CheckpointError
+
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
+
+_TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet without its pooling and classifier.
+
+    ``forward(images [B, 3, H, W]) -> (low [B, C_low, H/4, W/4], high [B, C_high, H/s, W/s])``
+    with s the output stride. C_low is 256 for ResNet-50/101 and 64 for ResNet-18/34; C_high
+    is 2048 and 512. ResNet-18/34 reach the same output strides (16 or 8) as the deeper
+    encoders: their 3x3 convolutions are dilated the same way (torchvision's constructor
+    refuses dilation for these BasicBlock encoders, so ``dilate_layer`` does it afterwards).
+    """
+
+    def __init__(self, resnet: torchvision.models.ResNet, output_stride: int) -> None:
+        super().__init__()
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        )
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        )
+        if output_stride == 8:
+            dilate_layer(self.layer3, dilation=2, previous_dilation=1)
+            dilate_layer(self.layer4, dilation=4, previous_dilation=2)
+        else:
+            dilate_layer(self.layer4, dilation=2, previous_dilation=1)
+        self.output_stride = output_stride
+        bottleneck = isinstance(self.layer1[0], Bottleneck)
+        self.low_channels = 256 if bottleneck else 64
+        self.high_channels = 2048 if bottleneck else 512
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        low = self.layer1(x)
+        high = self.layer4(self.layer3(self.layer2(low)))
+        return low, high
+
+
+def dilate_layer(layer: nn.Sequential, dilation: int, previous_dilation: int) -> None:
+    """Trade a ResNet stage's stride 2 for dilation, as torchvision's
+    ``replace_stride_with_dilation`` does: the strided 3x3 conv of the first block keeps
+    ``previous_dilation`` with stride 1, every other 3x3 conv gets ``dilation``, and the
+    shortcut's strided 1x1 conv gets stride 1.
+    """
+    for module in layer.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        if module.stride == (2, 2):
+            module.stride = (1, 1)
+            if module.kernel_size == (3, 3):
+                module.dilation = module.padding = (previous_dilation, previous_dilation)
+        elif module.kernel_size == (3, 3):
+            module.dilation = module.padding = (dilation, dilation)
+
+
+def _deep_stem_resnet101() -> torchvision.models.ResNet:
+    """ResNet-101 whose 7x7 stem is three 3x3 convs (64, 64, 128 channels), as in the
+    authors' "ResNet-101 stem" checkpoint: conv1.{0,3,6} convs, conv1.{1,4} BN, bn1 on 128
+    channels, layer1 fed 128 channels. Two differences from the authors' module, neither
+    touching the weights: the max-pool rounds down (theirs uses ceil_mode, which makes even
+    input sizes one pixel larger than H/4), and the dilation follows our output stride (theirs
+    adds multi-grid rates to layer4)."""
+    resnet = torchvision.models.resnet101()
+
+    def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+    resnet.conv1 = nn.Sequential(
+        conv3x3(3, 64, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        conv3x3(64, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        conv3x3(64, 128),
+    )
+    resnet.bn1 = nn.BatchNorm2d(128)
+    resnet.inplanes = 128
+    resnet.layer1 = resnet._make_layer(Bottleneck, 64, 3)
+    return resnet
+
+
+def build_encoder(name: str, output_stride: int = 16, weights: str | None = None) -> ResNetEncoder:
+    """Build an encoder by name (``ENCODERS``).
+
+    ``weights``: None (random init), a path to a local state dict in torchvision's format (or
+    the deep-stem checkpoint's format for ``resnet101_deepstem``), or ``"torchvision"`` to
+    download torchvision's ImageNet weights (needs a network).
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder '{name}'; choose from {', '.join(ENCODERS)}")
+    if name == "resnet101_deepstem":
+        resnet = _deep_stem_resnet101()
+    else:
+        resnet = getattr(torchvision.models, name)()
+    if weights == "torchvision":
+        if name not in _TORCHVISION_WEIGHTS:
+            raise CheckpointError(
+                f"torchvision has no ImageNet weights for '{name}': give a local file instead"
+            )
+        enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name])
+        resnet.load_state_dict(enum.IMAGENET1K_V1.get_state_dict(progress=True))
+    encoder = ResNetEncoder(resnet, output_stride)
+    if weights not in (None, "torchvision"):
+        load_encoder_weights(encoder, weights)
+    return encoder
+
+
+def load_encoder_weights(encoder: ResNetEncoder, source: str | Path | Mapping[str, Tensor]) -> None:
+    """Load ImageNet weights into ``encoder`` from a file or a state dict.
+
+    Accepts a plain state dict or one wrapped under ``state_dict``/``model``, with or without
+    a ``module.`` prefix; the classifier (``fc.*``) is dropped. Any other missing or
+    unexpected key, or a shape that does not fit, raises ``CheckpointError`` naming the file
+    and the first offending keys.
+    """
+    name = str(source) if isinstance(source, str | Path) else "the given state dict"
+    state = _read_state_dict(source) if isinstance(source, str | Path) else dict(source)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = dict(state[wrapper])
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = encoder.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        if wrong_shape:
+            parts.append(f"shapes that do not fit (first: {'; '.join(wrong_shape[:3])})")
+        raise CheckpointError(
+            f"{name} does not fit this encoder: {'; '.join(parts)}. Check that model.encoder "
+            "names the network these weights were trained for (torchvision format, or the "
+            "deep-stem format for resnet101_deepstem)."
+        )
+    encoder.load_state_dict(state)
+
+
+def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return dict(state)
