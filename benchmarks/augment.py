@@ -1,0 +1,147 @@
+"""Images/s of the batched unlabelled pipeline against a per-image PIL pipeline (METHOD.md 7.3-7.5).
+
+Both pipelines do the same work on the same batch: random scale, pad and crop of image,
+pseudo-label and confidence; classmix with the next image of the batch; colour jitter (p 0.8),
+Gaussian blur (p 0.5) and horizontal flip (p 0.5). The PIL pipeline is the way the authors'
+code does it: every image back to PIL, one at a time, then back to tensors. Rounds of the two
+alternate in one run so that a busy machine slows both alike.
+
+    python benchmarks/augment.py [--batch 16] [--sizes 321 128] [--seeds 8] [--repeats 4]
+                                 [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFilter
+
+from prcl.data import IGNORE_INDEX, mix, photometric, random_scale_crop
+
+SCALE_RANGE = (0.5, 1.5)
+
+
+def make_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """A batch shaped like the teacher's output: blocky pseudo-labels, smooth confidence."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 21, (batch, 1, 8, 8), generator=g).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(size, size), mode="nearest")[:, 0]
+    images = torch.rand(batch, 3, size, size, generator=g)
+    confidence = torch.rand(batch, size, size, generator=g)
+    return images, labels.long(), confidence
+
+
+def batched_pipeline(images, labels, confidence, crop, generator):
+    """The library's pipeline: one call per step for the whole batch."""
+    batch = random_scale_crop(images, labels, confidence, crop, SCALE_RANGE, generator)
+    batch = mix(*batch, mode="classmix", generator=generator)
+    return photometric(*batch, generator=generator)
+
+
+def _pil_geometry(image, label, conf, crop):
+    """Per-image scale, pad (reflect / 255 / 0) and crop with PIL."""
+    width, height = image.size
+    s = random.uniform(*SCALE_RANGE)
+    size = (max(int(width * s), 1), max(int(height * s), 1))
+    image = image.resize(size, Image.BILINEAR)
+    label = label.resize(size, Image.NEAREST)
+    conf = conf.resize(size, Image.NEAREST)
+    pad_w, pad_h = max(crop - size[0], 0), max(crop - size[1], 0)
+    if pad_w or pad_h:
+        image = TF.pad(image, [0, 0, pad_w, pad_h], padding_mode="reflect")
+        label = TF.pad(label, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
+        conf = TF.pad(conf, [0, 0, pad_w, pad_h], fill=0)
+    top, left, h, w = T.RandomCrop.get_params(image, (crop, crop))
+    return (TF.crop(image, top, left, h, w), TF.crop(label, top, left, h, w),
+            TF.crop(conf, top, left, h, w))
+
+
+def _classmix(arrays, i):
+    """Image i keeps a random half of its classes and takes the rest from image i + 1."""
+    image, label, conf = arrays[i]
+    p_image, p_label, p_conf = arrays[(i + 1) % len(arrays)]
+    classes = [c for c in np.unique(label) if c != IGNORE_INDEX]
+    keep = np.isin(label, random.sample(classes, len(classes) // 2))
+    return (np.where(keep[..., None], image, p_image), np.where(keep, label, p_label),
+            np.where(keep, conf, p_conf))
+
+
+def pil_pipeline(images, labels, confidence, crop, jitter):
+    """The per-image PIL pipeline doing the same work."""
+    arrays = []
+    for image, label, conf in zip(images, labels, confidence, strict=True):
+        pil = (TF.to_pil_image(image), Image.fromarray(label.numpy().astype(np.uint8)),
+               Image.fromarray(conf.numpy()))
+        arrays.append([np.asarray(x) for x in _pil_geometry(*pil, crop)])
+    out_images, out_labels, out_conf = [], [], []
+    for i in range(len(arrays)):
+        image, label, conf = _classmix(arrays, i)
+        image = Image.fromarray(image)
+        if random.random() < 0.8:
+            image = jitter(image)
+        if random.random() < 0.5:
+            image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.15, 1.15)))
+        if random.random() < 0.5:
+            image, label, conf = TF.hflip(image), label[:, ::-1], conf[:, ::-1]
+        out_images.append(TF.to_tensor(image))
+        out_labels.append(torch.from_numpy(label.astype(np.int64)))
+        out_conf.append(torch.from_numpy(conf.copy()))
+    return torch.stack(out_images), torch.stack(out_labels), torch.stack(out_conf)
+
+
+def measure(batch: int, size: int, seeds: int, repeats: int) -> tuple[float, float]:
+    """Images/s of (batched, PIL). Round r draws its random choices from seed r in both
+    pipelines; rounds of the two alternate, every seed runs `repeats` times and its fastest
+    time counts (as timeit does), so load from other processes on a shared machine does not
+    decide, while the average over seeds keeps the random work (how many images are blurred,
+    the scales) fair."""
+    images, labels, confidence = make_batch(batch, size)
+    jitter = T.ColorJitter((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
+
+    def batched(seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        batched_pipeline(images, labels, confidence, size, generator)
+
+    def pil(seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        pil_pipeline(images, labels, confidence, size, jitter)
+
+    runs = {"batched": batched, "pil": pil}
+    best = {name: [float("inf")] * seeds for name in runs}
+    for run in runs.values():
+        run(0)
+    for _ in range(repeats):
+        for seed in range(seeds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(seed)
+                best[name][seed] = min(best[name][seed], time.perf_counter() - start)
+    return batch * seeds / sum(best["batched"]), batch * seeds / sum(best["pil"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[321, 128])
+    parser.add_argument("--seeds", type=int, default=8, help="rounds of random choices")
+    parser.add_argument("--repeats", type=int, default=4, help="timings per round")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"batch {args.batch}, {args.threads} threads, scale {SCALE_RANGE}, classmix, CPU")
+    print("| crop | batched (img/s) | per-image PIL (img/s) | ratio |")
+    print("|---:|---:|---:|---:|")
+    for size in args.sizes:
+        batched, pil = measure(args.batch, size, args.seeds, args.repeats)
+        print(f"| {size} | {batched:.0f} | {pil:.0f} | {batched / pil:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Reading images and label masks from disk, with errors that name the file (METHOD.md 1).
+
+Images become float32 tensors in [0, 1], [3, H, W]. Masks are read as class indices: a
+grayscale ('L') or palette ('P') PNG gives its stored indices directly; 255 is ignore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from prcl.errors import DataError
+
+IGNORE_INDEX = 255
+"""Label value of pixels that take part in no loss and no metric (VOC's void border)."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+_INDEX_MODES = ("L", "P", "I", "I;16", "1")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: {what} not found; restore the file or remove its id from the split list"
+        )
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot read {what} ({exc}); the file is damaged or not an image, "
+            "download it again or remove its id from the split"
+        ) from exc
+    return img
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An RGB image as float32 [3, H, W] in [0, 1]."""
+    img = _open(Path(path), "image").convert("RGB")
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label mask's stored class indices as uint8 [H, W] (palette PNGs give their indices)."""
+    path = Path(path)
+    img = _open(path, "mask")
+    if img.mode not in _INDEX_MODES:
+        raise DataError(
+            f"{path}: mask has mode {img.mode} (colours); save class indices as a single-channel "
+            "grayscale or palette PNG (pixel value = class index, 255 = ignore)"
+        )
+    array = np.asarray(img)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+        raise DataError(
+            f"{path}: mask values exceed 0-255; store class indices 0-254 and 255 as ignore"
+        )
+    return array.astype(np.uint8)
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, path: str | Path) -> None:
+    """Raise DataError unless every value is a class index below num_classes or 255."""
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:8])
+        raise DataError(
+            f"{path}: mask values {shown} are neither classes 0-{num_classes - 1} nor "
+            f"{IGNORE_INDEX} (ignore); fix the mask or the class list (colour masks must be "
+            "converted to class indices)"
+        )
+
+
+def check_same_size(
+    image: torch.Tensor, mask: np.ndarray, image_path: Path, mask_path: Path
+) -> None:
+    """Raise DataError when an image [3, H, W] and its mask [H, W] differ in size."""
+    if tuple(image.shape[-2:]) != tuple(mask.shape):
+        h, w = image.shape[-2:]
+        raise DataError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{w}x{h}; the mask must have the image's size (do not resize one without the other)"
+        )
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files in folder (not recursive) whose suffix is one of suffixes, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)

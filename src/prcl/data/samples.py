@@ -1,0 +1,102 @@
+"""One image with its mask, and the torch Datasets built from lists of them (METHOD.md 1).
+
+A ``Sample`` names the files of one image: its RGB image, its label mask (``None`` for an image
+that is only ever used unlabelled) and, where the stored values are not class indices
+(Cityscapes labelIds), the lookup table that turns them into classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from prcl.data.io import check_mask_values, check_same_size, read_image, read_mask
+from prcl.errors import DataError
+
+PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Path | None = None
+    lut: np.ndarray | None = None
+    """int16 [256]: stored mask value -> class index (255 ignore); -1 marks invalid values."""
+    lut_name: str = ""
+    """What the stored values are when a lut is given (named in errors), e.g. 'labelIds'."""
+
+
+def load_label(sample: Sample, num_classes: int) -> np.ndarray:
+    """The sample's mask as class indices, uint8 [H, W] (255 ignore), every value checked."""
+    if sample.mask is None:
+        raise DataError(f"image {sample.image} has no mask; a labelled image needs one")
+    mask = read_mask(sample.mask)
+    if sample.lut is not None:
+        mapped = sample.lut[mask]
+        if (mapped < 0).any():
+            bad = ", ".join(str(v) for v in np.unique(mask[mapped < 0])[:8])
+            raise DataError(
+                f"{sample.mask}: values {bad} are not valid {sample.lut_name}; use the "
+                f"unmodified *_{sample.lut_name}.png files"
+            )
+        mask = mapped.astype(np.uint8)
+    check_mask_values(mask, num_classes, sample.mask)
+    return mask
+
+
+def load_pair(sample: Sample, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image float32 [3, H, W] in [0, 1], label int64 [H, W]) of a labelled sample."""
+    image = read_image(sample.image)
+    mask = load_label(sample, num_classes)
+    check_same_size(image, mask, sample.image, sample.mask)
+    return image, torch.from_numpy(mask).long()
+
+
+class LabelledDataset(Dataset):
+    """(image [3, H, W], label [H, W]) pairs, optionally through a pair transform."""
+
+    def __init__(
+        self, samples: Sequence[Sample], num_classes: int, transform: PairTransform | None = None
+    ) -> None:
+        self.samples = list(samples)
+        self.num_classes = num_classes
+        self.transform = transform
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = load_pair(self.samples[index], self.num_classes)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
+
+
+class ImageDataset(Dataset):
+    """Images [3, H, W] alone (the unlabelled set), optionally through an image transform."""
+
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = read_image(self.samples[index].image)
+        return image if self.transform is None else self.transform(image)

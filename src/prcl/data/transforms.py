@@ -1,0 +1,76 @@
+"""Per-sample transforms for DataLoader workers, and the network's input normalisation.
+
+The labelled pipeline (METHOD.md 7.5 applied to labelled images, as in the authors' code) and
+the unlabelled crop reuse the batched functions of ``prcl.data.unlabelled`` on a batch of one,
+so each augmentation is written once. Randomness comes from torch's global generator, which
+the DataLoader seeds differently in every worker and epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prcl.data.unlabelled import photometric, random_scale_crop
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _stats(images: Tensor) -> tuple[Tensor, Tensor]:
+    shape = (3, 1, 1) if images.dim() == 3 else (1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(shape)
+    return mean, std
+
+
+def normalize(images: Tensor) -> Tensor:
+    """ImageNet mean/std normalisation of [3, H, W] or [B, 3, H, W] images in [0, 1]."""
+    mean, std = _stats(images)
+    return (images - mean) / std
+
+
+def denormalize(images: Tensor) -> Tensor:
+    """The inverse of ``normalize``: back to [0, 1] images, same shapes."""
+    mean, std = _stats(images)
+    return images * std + mean
+
+
+class LabelledTransform:
+    """Random scale, pad, crop, colour jitter, blur and flip of one labelled pair (METHOD 7.5).
+
+    (image [3, H, W], label [H, W]) -> (image [3, crop, crop], label [crop, crop]); padding is
+    reflected in the image and 255 in the label.
+    """
+
+    def __init__(self, crop_size: int, scale_range: tuple[float, float]) -> None:
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+
+    def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        images, labels = image[None], label[None]
+        confidence = torch.ones(labels.shape, dtype=image.dtype)
+        batch = random_scale_crop(images, labels, confidence, self.crop_size, self.scale_range)
+        images, labels, _ = photometric(*batch)
+        return images[0], labels[0]
+
+
+class RandomCrop:
+    """Random scale (default none), reflection pad and crop of one unlabelled image.
+
+    image [3, H, W] -> [3, crop, crop]: geometry only, so that the teacher sees the image as
+    it is; the random scale of METHOD 7.3 comes later, on the batch.
+    """
+
+    def __init__(self, crop_size: int, scale_range: tuple[float, float] = (1.0, 1.0)) -> None:
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+
+    def __call__(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        labels = torch.zeros(1, h, w, dtype=torch.long)
+        confidence = torch.zeros(1, h, w, dtype=image.dtype)
+        images, _, _ = random_scale_crop(
+            image[None], labels, confidence, self.crop_size, self.scale_range
+        )
+        return images[0]

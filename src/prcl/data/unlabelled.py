@@ -1,0 +1,368 @@
+"""The batched unlabelled pipeline of METHOD.md 7.3-7.5, on tensors, on any device.
+
+Every function takes a batch and draws one set of random choices per image from an optional
+``torch.Generator`` living on the batch's device, so the same generator state gives the same
+batch. No PIL and no loop over images: geometry is one ``grid_sample`` (and two index
+look-ups for labels and confidence), mixing is masks built by broadcasting, colour jitter is
+one batched 3x3 colour matrix, blur is a separable grouped convolution.
+
+Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
+confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prcl.data.io import IGNORE_INDEX
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+MIX_MODES = ("classmix", "cutmix", "cutout", "none")
+
+JITTER_P = 0.8
+JITTER_RANGE = (0.75, 1.25)
+"""Brightness, contrast and saturation factors are drawn from this range."""
+HUE_RANGE = (-0.25, 0.25)
+"""Hue shift as a fraction of the colour circle."""
+BLUR_P = 0.5
+BLUR_SIGMA = (0.15, 1.15)
+FLIP_P = 0.5
+
+
+def _uniform(
+    n: int, low: float, high: float, like: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """[n] floats drawn uniformly from [low, high) on like's device."""
+    u = torch.rand(n, generator=generator, device=like.device)
+    return low + (high - low) * u
+
+
+def _randint(high: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One integer in [0, high_i) per entry of high [n] (int64, every high_i >= 1)."""
+    u = torch.rand(high.shape, generator=generator, device=high.device)
+    return torch.minimum((u * high).long(), high - 1)
+
+
+def _bernoulli(n: int, p: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """[n] booleans, each True with probability p."""
+    return torch.rand(n, generator=generator, device=like.device) < p
+
+
+# --- 7.3 geometry ---------------------------------------------------------------------------
+
+
+def _reflect(coord: Tensor, size: int) -> Tensor:
+    """Coordinates in pixel units whose 0 and size are the image's edges, mirrored at the
+    edges into [0, size] (reflection padding, repeated for any distance)."""
+    folded = coord.remainder(2 * size)
+    return torch.where(folded > size, 2 * size - folded, folded)
+
+
+def _sample_nearest(maps: Tensor, rows: Tensor, cols: Tensor, fill: float) -> Tensor:
+    """maps [B, H, W] at integer rows [B, h] x cols [B, w] -> [B, h, w]; row H or column W
+    reads ``fill`` (an extra last row and column), which is how padding is sampled."""
+    b, h, w = maps.shape
+    table = F.pad(maps, (0, 1, 0, 1), value=fill).reshape(b * (h + 1), w + 1)
+    flat_rows = (torch.arange(b, device=maps.device)[:, None] * (h + 1) + rows).reshape(-1)
+    picked = table.index_select(0, flat_rows).view(b, rows.shape[1], w + 1)
+    return picked.gather(2, cols[:, None, :].expand(-1, rows.shape[1], -1))
+
+
+def random_scale_crop(
+    images: Tensor,
+    labels: Tensor,
+    confidence: Tensor,
+    crop_size: int,
+    scale_range: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> Batch:
+    """Random scale, pad to the crop size and random crop, one transform per image (METHOD 7.3).
+
+    Each image is rescaled by s ~ U(scale_range) to floor(s * H) x floor(s * W), padded on the
+    right and bottom up to crop_size when smaller (image: reflection; label: 255;
+    confidence: 0), and cropped at a random offset; image, label and confidence share the
+    transform. Done in one sampling step per tensor: the image bilinear (``grid_sample``),
+    label and confidence nearest (the source pixel whose centre is nearest the same point).
+
+    images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
+    [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
+    """
+    b, _, h, w = images.shape
+    scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
+    scaled_h = (scale * h).floor().clamp(min=1).long()
+    scaled_w = (scale * w).floor().clamp(min=1).long()
+    top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
+    left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
+    steps = torch.arange(crop_size, device=images.device)
+    rows = top[:, None] + steps[None]  # [B, crop]: row in the scaled, padded image
+    cols = left[:, None] + steps[None]
+    # Pixel centres of the crop in the source image, in units of source pixels.
+    src_y = (rows + 0.5) * (h / scaled_h[:, None])
+    src_x = (cols + 0.5) * (w / scaled_w[:, None])
+    # Reflection padding, done on the (separable) coordinates: grid_sample's own is slower.
+    grid = torch.stack(
+        (
+            (2.0 * _reflect(src_x, w) / w - 1.0)[:, None, :].expand(b, crop_size, crop_size),
+            (2.0 * _reflect(src_y, h) / h - 1.0)[:, :, None].expand(b, crop_size, crop_size),
+        ),
+        dim=-1,
+    ).to(images.dtype)
+    out_images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                               align_corners=False)
+    # Nearest source pixel; padded rows and columns read the extra fill row / column.
+    near_rows = torch.where(rows < scaled_h[:, None], src_y.floor().long().clamp(0, h - 1), h)
+    near_cols = torch.where(cols < scaled_w[:, None], src_x.floor().long().clamp(0, w - 1), w)
+    out_labels = _sample_nearest(labels, near_rows, near_cols, IGNORE_INDEX)
+    out_confidence = _sample_nearest(confidence, near_rows, near_cols, 0.0)
+    return out_images, out_labels, out_confidence
+
+
+# --- 7.4 mixing -----------------------------------------------------------------------------
+
+
+def classmix_mask(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Pixels of a random half (floor) of each image's classes (METHOD 7.4, ClassMix).
+
+    labels [B, H, W] (255 is not a class) -> keep [B, H, W] bool: True where the pixel's class
+    is one of the floor(n_i / 2) classes drawn for image i out of its n_i present classes.
+    """
+    b = labels.shape[0]
+    flat = labels.reshape(b, -1)
+    present = torch.zeros(b, IGNORE_INDEX + 1, dtype=torch.uint8, device=labels.device)
+    ones = torch.ones(1, dtype=torch.uint8, device=labels.device).expand_as(flat)
+    present = present.scatter_(1, flat, ones).bool()  # a tensor source: the fast kernel
+    present[:, IGNORE_INDEX] = False
+    scores = torch.rand(present.shape, generator=generator, device=labels.device)
+    scores = scores.masked_fill(~present, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # 0 = first drawn class
+    keep_count = present.sum(dim=1, keepdim=True) // 2
+    chosen = (rank < keep_count) & present
+    return chosen.gather(1, flat).reshape(labels.shape)
+
+
+def box_mask(
+    batch: int, height: int, width: int, device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A random rectangle of about half the image area per image (METHOD 7.4, CutMix/CutOut).
+
+    Width w ~ U{floor(W/2)+1, ..., W-1} (W when W < 3), height round(H*W / 2 / w), placed
+    uniformly inside the image. Returns [B, H, W] bool, True inside the rectangle.
+    """
+    low = width // 2 + 1
+    span = torch.full((batch,), max(width - low, 1), device=device)
+    box_w = (low + _randint(span, generator)).clamp(max=width)
+    box_h = (height * width / 2 / box_w).round().long().clamp(1, height)
+    top = _randint(height - box_h + 1, generator)
+    left = _randint(width - box_w + 1, generator)
+    rows = torch.arange(height, device=device)[None, :, None]
+    cols = torch.arange(width, device=device)[None, None, :]
+    return (
+        (rows >= top[:, None, None]) & (rows < (top + box_h)[:, None, None])
+        & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None])
+    )
+
+
+def mix(
+    images: Tensor,
+    labels: Tensor,
+    confidence: Tensor,
+    mode: str,
+    generator: torch.Generator | None = None,
+    partner: Batch | None = None,
+) -> Batch:
+    """Mix each image with a partner image (METHOD 7.4).
+
+    classmix: image i keeps the pixels of a random half (floor) of its pseudo-classes and takes
+    the rest from its partner; cutmix: a random rectangle of half the area comes from the
+    partner; cutout: a random rectangle of half the area is zeroed, its labels set to 255 and
+    its confidence to 0 (no partner); none: unchanged. Labels and confidence move with the
+    pixels. The partner of image i is image (i + 1) % B unless ``partner`` gives
+    (images, labels, confidence) of the same shapes to paste from, row i for image i.
+    """
+    if mode not in MIX_MODES:
+        raise ValueError(f"mix mode '{mode}': choose from {', '.join(MIX_MODES)}")
+    if mode == "none":
+        return images, labels, confidence
+    b, _, h, w = images.shape
+    if mode == "cutout":
+        cut = box_mask(b, h, w, images.device, generator)
+        return (
+            images.masked_fill(cut[:, None], 0.0),
+            labels.masked_fill(cut, IGNORE_INDEX),
+            confidence.masked_fill(cut, 0.0),
+        )
+    if mode == "classmix":
+        keep = classmix_mask(labels, generator)
+    else:
+        keep = ~box_mask(b, h, w, images.device, generator)
+    own = (images, labels, confidence)
+    masks = (keep[:, None], keep, keep)
+    if partner is not None:
+        return tuple(_paste(k, x, p) for k, x, p in zip(masks, own, partner, strict=True))
+    return tuple(_paste_from_next(k, x) for k, x in zip(masks, own, strict=True))
+
+
+def _paste(keep: Tensor, own: Tensor, partner: Tensor, out: Tensor | None = None) -> Tensor:
+    """own where keep, else partner (keep broadcasts over own's channels)."""
+    if own.is_floating_point():  # lerp with a 0/1 weight: exact, and faster than where
+        return torch.lerp(partner, own, keep.to(own.dtype), out=out)
+    return torch.where(keep, own, partner, out=out)
+
+
+def _paste_from_next(keep: Tensor, own: Tensor) -> Tensor:
+    """``_paste`` with image (i + 1) % B as the partner of image i, without copying the batch."""
+    out = torch.empty_like(own)
+    _paste(keep[:-1], own[:-1], own[1:], out=out[:-1])
+    _paste(keep[-1:], own[-1:], own[:1], out=out[-1:])
+    return out
+
+
+# --- 7.5 photometric ------------------------------------------------------------------------
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _hue_basis() -> Tensor:
+    """[3, 3, 3] matrices with basis[0] + cos(a) basis[1] + sin(a) basis[2] = the RGB map that
+    rotates the chroma plane (I, Q of YIQ) by the angle a and keeps luma (Y)."""
+    to_yiq = torch.tensor([_LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          dtype=torch.float64)
+    parts = torch.zeros(3, 3, 3, dtype=torch.float64)
+    parts[0, 0, 0] = 1.0
+    parts[1, 1, 1] = parts[1, 2, 2] = 1.0
+    parts[2, 1, 2], parts[2, 2, 1] = -1.0, 1.0
+    return (torch.linalg.inv(to_yiq) @ parts @ to_yiq).float()
+
+
+_HUE_BASIS = _hue_basis()
+
+
+def _hue_matrix(shift: Tensor) -> Tensor:
+    """[B] hue shifts (fractions of a turn) -> [B, 3, 3] chroma rotations."""
+    basis = _HUE_BASIS.to(shift.device)
+    angle = (2.0 * math.pi * shift)[:, None, None]
+    return basis[0] + angle.cos() * basis[1] + angle.sin() * basis[2]
+
+
+def _saturation_matrix(factor: Tensor) -> Tensor:
+    """[B] factors -> [B, 3, 3] colour matrices blending each pixel with its luma."""
+    luma = torch.tensor(_LUMA, device=factor.device)
+    f = factor.view(-1, 1, 1)
+    return f * torch.eye(3, device=factor.device) + (1.0 - f) * luma.expand(3, 3)
+
+
+def color_jitter(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Colour jitter with probability 0.8 per image (METHOD 7.5).
+
+    Brightness, contrast and saturation factors ~ U[0.75, 1.25] and a hue shift ~ U[-0.25,
+    0.25] of a turn. The four steps are linear in the colour, so they are composed into one
+    3x3 matrix and offset per image and applied in a single batched product, clamped to [0, 1]
+    once at the end: brightness scales, contrast blends with the image's mean luma,
+    saturation blends each pixel with its luma, and the hue shift rotates the chroma plane
+    (I, Q of YIQ) about the gray axis. images [B, 3, H, W] -> [B, 3, H, W].
+    """
+    b, c, h, w = images.shape
+    apply = _bernoulli(b, JITTER_P, images, generator)
+    brightness, contrast, saturation = (
+        _uniform(b, *JITTER_RANGE, images, generator) for _ in range(3)
+    )
+    hue = _uniform(b, *HUE_RANGE, images, generator)
+    luma = torch.tensor(_LUMA, device=images.device)
+    mean_luma = torch.einsum("bchw,c->b", images.float(), luma) / (h * w)
+    matrix = _hue_matrix(hue) @ _saturation_matrix(saturation)
+    matrix = (contrast * brightness).view(b, 1, 1) * matrix
+    offset = ((1.0 - contrast) * brightness * mean_luma).view(b, 1, 1).expand(b, c, 1)
+    matrix = torch.where(apply.view(b, 1, 1), matrix, torch.eye(c, device=images.device))
+    offset = torch.where(apply.view(b, 1, 1), offset, 0.0)
+    flat = images.reshape(b, c, h * w)
+    out = torch.baddbmm(offset.to(images.dtype), matrix.to(images.dtype), flat)
+    return out.clamp_(0.0, 1.0).view(b, c, h, w)
+
+
+def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
+    """[N] standard deviations -> [N, 2 * radius + 1] normalised 1-D Gaussian kernels."""
+    taps = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    kernel = torch.exp(-(taps[None] ** 2) / (2.0 * sigma[:, None] ** 2))
+    # Taps below 1e-7 are zeroed: a narrow kernel's outer taps would be denormal floats,
+    # which make the convolution many times slower on a CPU.
+    kernel = kernel.masked_fill(kernel < 1e-7, 0.0)
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian blur with probability 0.5 per image, sigma ~ U[0.15, 1.15] (METHOD 7.5).
+
+    The chosen images go through one separable grouped convolution (kernel radius
+    ceil(3 * 1.15) = 4, reflection padding); the others are untouched.
+    images [B, 3, H, W] -> [B, 3, H, W].
+    """
+    return _blur_(images.clone(), generator)
+
+
+def _blur_(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``gaussian_blur`` writing into images."""
+    b, c, h, w = images.shape
+    apply = _bernoulli(b, BLUR_P, images, generator)
+    sigma = _uniform(b, *BLUR_SIGMA, images, generator).to(images.dtype)
+    index = apply.nonzero().squeeze(1)
+    n = index.numel()
+    if n == 0:
+        return images
+    radius = math.ceil(3 * BLUR_SIGMA[1])
+    kernel = _blur_kernels(sigma[index], radius).repeat_interleave(c, dim=0)
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    x = images.index_select(0, index).reshape(1, n * c, h, w)
+    # Along rows as a 1-D convolution with one group per image row (faster on a CPU than a
+    # 2-D convolution with a 1 x k kernel), then along columns.
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect").reshape(1, n * c * h, w + 2 * pad_w)
+    row_kernel = kernel[:, None, radius - pad_w: radius + pad_w + 1].repeat_interleave(h, dim=0)
+    x = F.conv1d(x, row_kernel, groups=n * c * h).view(1, n * c, h, w)
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
+    x = F.conv2d(x, kernel[:, None, radius - pad_h: radius + pad_h + 1, None], groups=n * c)
+    return images.index_copy_(0, index, x.reshape(n, c, h, w).clamp_(0.0, 1.0))
+
+
+def random_hflip(
+    images: Tensor, labels: Tensor, confidence: Tensor, generator: torch.Generator | None = None
+) -> Batch:
+    """Horizontal flip with probability 0.5 per image, labels and confidence too (METHOD 7.5).
+
+    Shapes as in ``photometric``.
+    """
+    return _hflip_(images.clone(), labels, confidence, generator)
+
+
+def _hflip_(
+    images: Tensor, labels: Tensor, confidence: Tensor, generator: torch.Generator | None
+) -> Batch:
+    """``random_hflip`` flipping images in place (labels and confidence are new tensors):
+    the chosen images are reversed in place, the maps gathered with per-image column order."""
+    b, _, h, w = images.shape
+    flip = _bernoulli(b, FLIP_P, images, generator)
+    index = flip.nonzero().squeeze(1)
+    if index.numel():
+        images.index_copy_(0, index, images.index_select(0, index).flip(-1))
+    steps = torch.arange(w, device=images.device)
+    cols = torch.where(flip[:, None], w - 1 - steps, steps)[:, None, :].expand(b, h, w)
+    return images, labels.gather(2, cols), confidence.gather(2, cols)
+
+
+def photometric(
+    images: Tensor, labels: Tensor, confidence: Tensor, generator: torch.Generator | None = None
+) -> Batch:
+    """Strong augmentation of METHOD 7.5: colour jitter (p 0.8), blur (p 0.5), flip (p 0.5).
+
+    images [B, 3, H, W] in [0, 1] (stay in [0, 1]), labels [B, H, W], confidence [B, H, W];
+    only the flip moves pixels, and it moves labels and confidence with them. The jitter
+    makes a new image tensor; blur and flip then work in it.
+    """
+    images = color_jitter(images, generator)
+    images = _blur_(images, generator)
+    return _hflip_(images, labels, confidence, generator)

@@ -1,0 +1,186 @@
+"""Every bad input gets a DataError that names the file; check-data reports all at once."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prcl.cli import main
+from prcl.config import DataConfig
+from prcl.data import DataProblems, build_datasets, load_pair, read_image, read_mask
+from prcl.data.check import check_data, format_report
+from prcl.data.cityscapes import label_id_lut
+from prcl.data.samples import Sample
+from prcl.errors import DataError
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_voc(root: Path, train=("a", "b", "c"), val=("v",)) -> Path:
+    for image_id in [*train, *val]:
+        write_png(root / "JPEGImages" / f"{image_id}.jpg", np.full((16, 20, 3), 90, np.uint8))
+        write_png(root / "SegmentationClassAug" / f"{image_id}.png", np.zeros((16, 20), np.uint8))
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{v}\n" for v in val))
+    return root
+
+
+def voc_config(root: Path, num_labels=3, **kw) -> DataConfig:
+    return DataConfig(dataset="voc", root=str(root), num_labels=num_labels, **kw)
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match="dataset root not found") as info:
+        build_datasets(voc_config(tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(info.value)
+
+
+def test_empty_root_says_what_to_set():
+    with pytest.raises(DataError, match=r"data\.root"):
+        build_datasets(DataConfig(dataset="voc", root=""))
+
+
+def test_missing_segmentation_class_aug_names_the_download(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "SegmentationClassAug").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"SegmentationClassAug.*SegmentationClassAug\.zip"):
+        build_datasets(voc_config(tmp_path))
+
+
+def test_missing_jpeg_images_and_nested_root_hint(tmp_path):
+    make_voc(tmp_path / "VOCdevkit" / "VOC2012")
+    with pytest.raises(DataProblems) as info:
+        build_datasets(voc_config(tmp_path))
+    message = str(info.value)
+    assert "JPEGImages" in message and "VOCdevkit/VOC2012" in message
+    assert len(info.value.problems) == 2  # JPEGImages and the masks, both reported
+
+
+def test_missing_val_list(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(DataError, match=r"val\.txt"):
+        build_datasets(voc_config(tmp_path))
+
+
+def test_missing_image_and_mask_of_split_ids_are_all_listed(tmp_path):
+    make_voc(tmp_path)
+    (tmp_path / "JPEGImages" / "a.jpg").unlink()
+    (tmp_path / "SegmentationClassAug" / "v.png").unlink()
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("v\n")
+    with pytest.raises(DataProblems) as info:
+        build_datasets(voc_config(tmp_path, num_labels=2))
+    text = "\n".join(info.value.problems)
+    assert str(tmp_path / "JPEGImages" / "a.jpg") in text
+    assert str(tmp_path / "SegmentationClassAug" / "v.png") in text
+
+
+def test_size_mismatch(tmp_path):
+    image = write_png(tmp_path / "x.jpg", np.zeros((16, 20, 3), np.uint8))
+    mask = write_png(tmp_path / "x.png", np.zeros((16, 21), np.uint8))
+    with pytest.raises(DataError, match=r"21x16.*20x16") as info:
+        load_pair(Sample("x", image, mask), 21)
+    assert str(mask) in str(info.value)
+
+
+def test_mask_values_outside_the_classes(tmp_path):
+    image = write_png(tmp_path / "x.jpg", np.zeros((4, 4, 3), np.uint8))
+    values = np.array([[0, 1, 21, 255]] * 4, np.uint8)
+    mask = write_png(tmp_path / "x.png", values)
+    with pytest.raises(DataError, match=r"values 21 .*0-20") as info:
+        load_pair(Sample("x", image, mask), 21)
+    assert str(mask) in str(info.value)
+    assert load_pair(Sample("x", image, mask), 22)[1].max() == 255  # 21 fits 22 classes
+
+
+def test_colour_masks_are_refused(tmp_path):
+    mask = write_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"mode RGB.*palette PNG") as info:
+        read_mask(mask)
+    assert str(mask) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0garbage"])
+def test_unreadable_image(tmp_path, content):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="cannot read image") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_image(tmp_path):
+    path = write_png(tmp_path / "x.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3),
+                                                                          dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=str(path)):
+        read_image(path)
+
+
+def test_cityscapes_values_that_are_not_label_ids(tmp_path):
+    image = write_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
+    mask = write_png(tmp_path / "x_gtFine_labelIds.png", np.array([[7, 40], [0, 1]], np.uint8))
+    sample = Sample("x", image, mask, lut=label_id_lut(), lut_name="labelIds")
+    with pytest.raises(DataError, match="values 40 are not valid labelIds") as info:
+        load_pair(sample, 19)
+    assert str(mask) in str(info.value)
+
+
+def test_folder_problems(tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    write_png(tmp_path / "images" / "train" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    write_png(tmp_path / "masks" / "train" / "orphan.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "classes.txt").write_text("background\ncat\ncat\n")
+    with pytest.raises(DataProblems) as info:
+        build_datasets(DataConfig(dataset="folder", root=str(tmp_path), num_labels=1))
+    text = "\n".join(info.value.problems)
+    assert "cat appear more than once" in text
+    assert str(tmp_path / "masks" / "train" / "orphan.png") in text
+    assert str(tmp_path / "images" / "val") in text
+
+
+def test_folder_without_class_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DataError, match=r"classes\.txt: class-names file not found"):
+        build_datasets(DataConfig(dataset="folder", root=str(tmp_path)))
+
+
+def broken_voc(root: Path) -> Path:
+    """Four problems at once: bad values, size mismatch, unreadable image, missing mask."""
+    make_voc(root, train=("a", "b", "c", "d", "e"), val=("v", "w"))
+    write_png(root / "SegmentationClassAug" / "a.png", np.full((16, 20), 30, np.uint8))
+    write_png(root / "SegmentationClassAug" / "v.png", np.zeros((10, 10), np.uint8))
+    (root / "JPEGImages" / "e.jpg").write_bytes(b"oops")
+    (root / "SegmentationClassAug" / "w.png").unlink()
+    return root
+
+
+def test_check_data_reports_every_problem_at_once(tmp_path):
+    root = broken_voc(tmp_path)
+    cfg = voc_config(root, num_labels=5, split_dir=None)
+    report = check_data(cfg)
+    assert not report.ok
+    assert report.counts == {"labelled": 5, "unlabelled": 0, "val": 2}
+    text = "\n".join(report.problems)
+    for path in ("SegmentationClassAug/a.png", "SegmentationClassAug/v.png", "JPEGImages/e.jpg",
+                 "SegmentationClassAug/w.png"):
+        assert str(root / path) in text
+    assert len(report.problems) == 4
+    # Histogram over readable labelled masks: b, c, d are all background (16 x 20 each).
+    assert report.histogram["labelled"][0] == 3 * 16 * 20
+    assert "4 problem(s)" in format_report(report)
+
+
+def test_check_data_command_exit_status(tmp_path, capsys):
+    root = broken_voc(tmp_path / "bad")
+    assert main(["check-data", "voc_662", f"data.root={root}", "data.num_labels=5"]) == 1
+    assert "4 problem(s)" in capsys.readouterr().out
+    good = make_voc(tmp_path / "good")
+    assert main(["check-data", "voc_662", f"data.root={good}", "data.num_labels=2"]) == 0
+    out = capsys.readouterr().out
+    assert "no problems found" in out and "labelled 2, unlabelled 1, val 1" in out

@@ -1,0 +1,274 @@
+"""The batched unlabelled pipeline and the per-sample transforms (METHOD.md 7.3-7.5)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prcl.data import (
+    IGNORE_INDEX,
+    LabelledTransform,
+    RandomCrop,
+    classmix_mask,
+    denormalize,
+    mix,
+    normalize,
+    photometric,
+    random_scale_crop,
+)
+from prcl.data.unlabelled import color_jitter, gaussian_blur, random_hflip
+
+NUM_CLASSES = 6
+COLOURS = torch.tensor(
+    [[0.1, 0.2, 0.3], [0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.3, 0.9], [0.8, 0.8, 0.1],
+     [0.6, 0.2, 0.7]]
+)
+
+
+def drawn_batch(b=4, h=72, w=96, seed=0):
+    """Labels of 12x12 blocks with some ignore blocks; the image paints each class's colour;
+    the confidence encodes the label, (label + 1) / 300, and 0 where ignored."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, NUM_CLASSES + 1, (b, 1, h // 12, w // 12), generator=g)
+    labels = F.interpolate(blocks.float(), size=(h, w), mode="nearest")[:, 0].long()
+    labels[labels == NUM_CLASSES] = IGNORE_INDEX
+    images = COLOURS[labels.clamp(max=NUM_CLASSES - 1)].permute(0, 3, 1, 2).contiguous()
+    return images, labels, encode(labels)
+
+
+def encode(labels):
+    return torch.where(labels == IGNORE_INDEX, 0.0, (labels.float() + 1) / 300)
+
+
+def interior(labels, radius=2):
+    """Pixels whose (2r+1)^2 neighbourhood holds one label (away from every edge)."""
+    x = labels.float()[:, None]
+    k = 2 * radius + 1
+    high = F.max_pool2d(x, k, stride=1, padding=radius)
+    low = -F.max_pool2d(-x, k, stride=1, padding=radius)
+    inner = torch.zeros_like(labels, dtype=torch.bool)
+    inner[:, radius:-radius, radius:-radius] = True
+    return (high == low)[:, 0] & inner & (labels != IGNORE_INDEX)
+
+
+def assert_drawn_aligned(images, labels, min_fraction=0.05):
+    """At interior pixels the image still shows its label's colour."""
+    inner = interior(labels)
+    assert inner.float().mean() > min_fraction
+    expected = COLOURS[labels[inner]]
+    torch.testing.assert_close(images.permute(0, 2, 3, 1)[inner], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [(0.5, 0.8), (1.0, 1.0), (1.2, 1.9)])
+def test_scale_crop_keeps_image_label_and_confidence_aligned(scale):
+    images, labels, conf = drawn_batch()
+    g = torch.Generator().manual_seed(1)
+    out = random_scale_crop(images, labels, conf, 48, scale, generator=g)
+    assert out[0].shape == (4, 3, 48, 48) and out[1].shape == (4, 48, 48)
+    assert out[1].dtype == torch.int64 and out[2].dtype == torch.float32
+    assert_drawn_aligned(out[0], out[1])
+    assert torch.equal(out[2], encode(out[1]))  # confidence moved with the label, ignore kept
+
+
+def test_scale_one_is_an_exact_crop():
+    images, labels, conf = drawn_batch(b=1)
+    images = torch.rand_like(images)
+    out_images, out_labels, _ = random_scale_crop(images, labels, conf, 32, (1.0, 1.0))
+    matches = [
+        (top, left)
+        for top in range(72 - 32 + 1)
+        for left in range(96 - 32 + 1)
+        if torch.equal(out_labels[0], labels[0, top:top + 32, left:left + 32])
+        and torch.allclose(out_images[0], images[0, :, top:top + 32, left:left + 32], atol=1e-5)
+    ]
+    assert matches
+
+
+def test_padding_is_reflected_in_the_image_and_ignored_in_label_and_confidence():
+    images, labels, conf = drawn_batch(b=2, h=32, w=32)
+    labels.fill_(1)
+    conf = encode(labels)
+    out_images, out_labels, out_conf = random_scale_crop(images, labels, conf, 48, (0.5, 0.5))
+    padded = out_labels == IGNORE_INDEX
+    assert padded.float().mean() == pytest.approx(1 - (16 * 16) / (48 * 48))
+    assert torch.all(out_conf[padded] == 0) and torch.all(out_conf[~padded] > 0)
+    assert (out_images.permute(0, 2, 3, 1)[padded].sum(-1) > 0).all()  # reflected, not zeros
+
+
+def test_padding_mirrors_the_image_at_its_edge():
+    images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(2, 20, 20, dtype=torch.long)
+    out, out_labels, _ = random_scale_crop(images, labels, labels.float(), 24, (1.0, 1.0))
+    torch.testing.assert_close(out[:, :, :20, :20], images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, :20, 20:], images[:, :, :, 16:].flip(-1), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(out[:, :, 20:, :20], images[:, :, 16:].flip(-2), atol=1e-5,
+                               rtol=0)
+    assert torch.all(out_labels[:, 20:] == IGNORE_INDEX) and torch.all(out_labels[:, :20, :20] == 0)
+
+
+def test_ignore_only_where_it_was_or_padded():
+    images, labels, conf = drawn_batch()
+    out_labels = random_scale_crop(images, labels, conf, 48, (1.0, 1.5))[1]
+    assert set(out_labels.unique().tolist()) <= set(labels.unique().tolist())
+
+
+def distinct_partner(images, labels, conf):
+    """A partner batch whose classes (100+) cannot be confused with the own classes."""
+    partner_labels = torch.where(labels == IGNORE_INDEX, 100, labels + 100)
+    return images.flip(-1) * 0.5, partner_labels, torch.full_like(conf, 0.5)
+
+
+def test_classmix_keeps_exactly_half_of_each_images_classes():
+    images, labels, conf = drawn_batch(b=8)
+    for i in range(8):  # image i holds classes 0..i (1 to 8 classes, odd and even counts)
+        labels[i] = torch.where(labels[i] == IGNORE_INDEX, IGNORE_INDEX, labels[i] % (i + 1))
+        labels[i, :8, : 8 * (i + 1)] = torch.arange(i + 1).repeat_interleave(8)
+    partner = distinct_partner(images, labels, conf)
+    out_images, out_labels, out_conf = mix(images, labels, conf, "classmix",
+                                           torch.Generator().manual_seed(0), partner)
+    for i in range(8):
+        present = set(labels[i].unique().tolist()) - {IGNORE_INDEX}
+        kept = set(out_labels[i][out_labels[i] < 100].unique().tolist())
+        assert len(kept) == len(present) // 2 and kept <= present
+        for c in present:  # a class is kept whole or not at all
+            assert torch.all((out_labels[i] == c) == ((labels[i] == c) & (c in kept)))
+    keep = out_labels < 100
+    assert torch.equal(out_images.permute(0, 2, 3, 1)[keep], images.permute(0, 2, 3, 1)[keep])
+    assert torch.equal(out_images.permute(0, 2, 3, 1)[~keep],
+                       partner[0].permute(0, 2, 3, 1)[~keep])
+    assert torch.equal(out_conf[keep], conf[keep]) and torch.all(out_conf[~keep] == 0.5)
+
+
+def test_classmix_default_partner_is_the_next_image():
+    images, labels, conf = drawn_batch(b=3)
+    _, out_labels, out_conf = mix(images, labels, conf, "classmix")
+    keep = classmix_mask(labels, torch.Generator().manual_seed(5))
+    assert keep.shape == labels.shape
+    for i in range(3):
+        taken = out_labels[i] != labels[i]
+        nxt = (i + 1) % 3
+        assert torch.equal(out_labels[i][taken], labels[nxt][taken])
+        assert torch.equal(out_conf[i], torch.where(out_labels[i] == labels[i], conf[i], conf[nxt]))
+
+
+def test_cutmix_pastes_a_half_area_rectangle_from_the_partner():
+    images, labels, conf = drawn_batch(b=6)
+    partner = distinct_partner(images, labels, conf)
+    _, out_labels, _ = mix(images, labels, conf, "cutmix", torch.Generator().manual_seed(0),
+                           partner)
+    for i in range(6):
+        pasted = (out_labels[i] >= 100) & (out_labels[i] != IGNORE_INDEX)
+        rows, cols = pasted.any(1).nonzero(), pasted.any(0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert pasted.sum() == box  # a filled rectangle
+        assert abs(int(box) - 72 * 96 // 2) <= 96
+
+
+def test_cutout_zeroes_a_rectangle_and_ignores_it():
+    images, labels, conf = drawn_batch(b=4)
+    out_images, out_labels, out_conf = mix(images, labels, conf, "cutout",
+                                           torch.Generator().manual_seed(0))
+    cut = (out_images == 0).all(1)
+    assert all(abs(int(cut[i].sum()) - 72 * 96 // 2) <= 96 for i in range(4))
+    assert torch.all(out_labels[cut] == IGNORE_INDEX) and torch.all(out_conf[cut] == 0)
+    assert torch.equal(out_labels[~cut], labels[~cut])
+    assert torch.equal(out_images.permute(0, 2, 3, 1)[~cut], images.permute(0, 2, 3, 1)[~cut])
+
+
+def test_mix_of_a_single_image_pastes_from_itself():
+    images, labels, conf = drawn_batch(b=1)
+    for mode in ("classmix", "cutmix"):
+        out = mix(images, labels, conf, mode, torch.Generator().manual_seed(0))
+        assert all(torch.equal(a, b) for a, b in zip(out, (images, labels, conf), strict=True))
+
+
+def test_mix_none_is_the_identity_and_unknown_modes_fail():
+    batch = drawn_batch()
+    assert all(a is b for a, b in zip(mix(*batch, "none"), batch, strict=True))
+    with pytest.raises(ValueError, match="classmix"):
+        mix(*batch, "mixup")
+
+
+def test_photometric_moves_labels_and_confidence_with_the_pixels():
+    images, labels, conf = drawn_batch(b=8)
+    out_images, out_labels, out_conf = photometric(images, labels, conf,
+                                                   torch.Generator().manual_seed(3))
+    assert out_images.min() >= 0 and out_images.max() <= 1
+    flipped = [not torch.equal(out_labels[i], labels[i]) for i in range(8)]
+    for i in range(8):
+        expected = labels[i].flip(-1) if flipped[i] else labels[i]
+        assert torch.equal(out_labels[i], expected)
+        assert torch.equal(out_conf[i], encode(expected))
+    # After a per-image colour change, pixels of one class still share one colour.
+    inner = interior(out_labels, radius=4)
+    for i in range(8):
+        for c in out_labels[i][inner[i]].unique():
+            pixels = out_images[i].permute(1, 2, 0)[inner[i] & (out_labels[i] == c)]
+            assert torch.allclose(pixels, pixels[0].expand_as(pixels), atol=1e-3)
+
+
+def test_photometric_rates_follow_the_method():
+    n = 4000
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, 12, 12, generator=g)
+    labels = torch.arange(12).expand(n, 12, 12).contiguous()
+    jittered = (color_jitter(images, g) - images).abs().amax((1, 2, 3)) > 1e-6
+    blurred = (gaussian_blur(images, g) - images).abs().amax((1, 2, 3)) > 1e-6
+    flipped = random_hflip(images, labels, labels.float(), g)[1][:, 0, 0] == 11
+    assert jittered.float().mean() == pytest.approx(0.8, abs=0.03)
+    assert blurred.float().mean() == pytest.approx(0.5, abs=0.03)
+    assert flipped.float().mean() == pytest.approx(0.5, abs=0.03)
+
+
+def test_jitter_keeps_gray_gray_when_only_hue_and_saturation_change():
+    gray = torch.full((16, 3, 4, 4), 0.5)
+    out = color_jitter(gray, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-5)  # still gray
+
+
+def test_blur_preserves_constant_images_and_smooths_noise():
+    flat = torch.full((8, 3, 16, 16), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, torch.Generator().manual_seed(0)), flat)
+    noise = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = gaussian_blur(noise, torch.Generator().manual_seed(2))
+    changed = (out - noise).abs().amax((1, 2, 3)) > 1e-6
+    assert (out[changed].std((1, 2, 3)) < noise[changed].std((1, 2, 3))).all()
+
+
+def full_pipeline(batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = random_scale_crop(*batch, 40, (0.5, 1.5), generator=g)
+    out = mix(*out, "classmix", generator=g)
+    return photometric(*out, generator=g)
+
+
+def test_same_generator_gives_the_same_batch():
+    batch = drawn_batch(b=6)
+    first, second, other = (full_pipeline(batch, s) for s in (7, 7, 8))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_normalize_uses_imagenet_statistics_on_both_shapes():
+    x = torch.rand(2, 3, 5, 5)
+    expected = (x[0, 1] - 0.456) / 0.224
+    torch.testing.assert_close(normalize(x)[0, 1], expected)
+    torch.testing.assert_close(normalize(x[0])[1], expected)
+    torch.testing.assert_close(denormalize(normalize(x)), x)
+
+
+def test_labelled_transform_crops_and_keeps_alignment():
+    torch.manual_seed(0)
+    images, labels, _ = drawn_batch(b=1, h=36, w=60)
+    transform = LabelledTransform(crop_size=48, scale_range=(0.75, 1.25))
+    for _ in range(5):
+        image, label = transform(images[0], labels[0])
+        assert image.shape == (3, 48, 48) and label.shape == (48, 48)
+        assert set(label.unique().tolist()) <= set(labels.unique().tolist()) | {IGNORE_INDEX}
+        assert image.min() >= 0 and image.max() <= 1
+
+
+def test_random_crop_pads_small_images():
+    image = torch.rand(3, 20, 30)
+    out = RandomCrop(24)(image)
+    assert out.shape == (3, 24, 24)
