@@ -1,0 +1,275 @@
+"""The ``prcl`` command line: a thin layer over the library.
+
+Each sub-command has an ``_add_<name>`` function that declares its arguments and a
+``_run_<name>`` function that calls the library. Errors a user can fix (a missing file, a bad
+config key) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# OpenMP threads that spin while they wait stall every parallel op when the CPU is shared
+# (DataLoader workers, other jobs): several-fold slower steps on a 2-core machine. Sleeping
+# waiters cost little otherwise. Set before torch is imported; an explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from prcl import __version__
+from prcl.errors import PrclError
+
+
+def _add_convert_official(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert-official",
+        help="convert the authors' best_model.pth into a prcl checkpoint",
+        description="Read a checkpoint written by the authors' PRCL code and save our network "
+        "with its weights (the authors' uncer_head becomes our probability head).",
+    )
+    p.add_argument("input", help="the authors' checkpoint (best_model.pth)")
+    p.add_argument("output", help="where to write the converted weights")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--which", choices=("model", "ema"), default="ema",
+                   help="the student ('model') or the mean teacher ('ema', default)")
+
+
+def _run_convert_official(args: argparse.Namespace) -> int:
+    from prcl.config import load_config
+    from prcl.engine.checkpoint import atomic_save, make_checkpoint
+    from prcl.models import load_official
+
+    model = load_official(args.input, args.num_classes, args.which)
+    dataset = {21: "voc_662", 19: "cityscapes_150"}.get(args.num_classes, "voc_662")
+    deep_stem = "encoder.conv1.0.weight" in model.state_dict()
+    encoder = "resnet101_deepstem" if deep_stem else "resnet101"
+    cfg = load_config(dataset, [f"model.encoder={encoder}", "model.pretrained=null"])
+    atomic_save(make_checkpoint(cfg, model, model), args.output)
+    print(f"wrote {args.output}: the authors' '{args.which}' weights as a prcl checkpoint "
+          f"({encoder}, {args.num_classes} classes, data settings from {dataset})")
+    return 0
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [a.b=value ...]``: the first item is the config unless it has an '='."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train PRCL (or the supervised baseline) from a config",
+        description="Train from a YAML config or a built-in one (default: synthetic), with "
+        "a.b=value overrides, e.g. `prcl train voc_662 data.root=/data/VOC2012 "
+        "train.method=supervised`. Under torchrun every process runs this command.",
+    )
+    p.add_argument("config", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
+                   help="config file or built-in name, then overrides")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue the run that wrote this last.pth (its config is used; "
+                   "overrides still apply)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from prcl.config import load_config
+    from prcl.engine.checkpoint import checkpoint_config, load_checkpoint
+    from prcl.engine.trainer import train
+
+    name, overrides = _split_config_and_overrides(args.config)
+    resume = None
+    if args.resume:
+        if name is not None:
+            raise PrclError("with --resume the run's own config is used: give only overrides")
+        resume = load_checkpoint(args.resume)
+        cfg = checkpoint_config(resume, overrides)
+    else:
+        cfg = load_config(name, overrides)
+    result = train(cfg, resume=resume, progress=not args.no_progress)
+    if result.rank == 0:
+        print(f"{cfg.train.method}  mIoU {result.last_miou * 100:.1f}  (best "
+              f"{result.best_miou * 100:.1f}, {result.steps} steps, {result.skipped_steps} "
+              f"skipped) -> {result.run_dir}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU of a checkpoint on its validation set",
+        description="Evaluate a checkpoint (the teacher by default) on the whole validation "
+        "set: whole images or a sliding window (eval.mode), optional flip. Prints per-class "
+        "IoU and writes them as JSON.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="e.g. data.root=/data/VOC2012 eval.flip=true")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--json", metavar="PATH",
+                   help="where to write the scores (default: next to the checkpoint)")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from prcl.data import build_datasets
+    from prcl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from prcl.engine.distributed import select_device
+    from prcl.evaluation import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(ckpt, args.overrides)
+    model, _ = model_from_checkpoint(ckpt, args.which)
+    device = select_device(cfg.train.device)
+    val = build_datasets(cfg.data).val
+    scores = evaluate(model.to(device), val, ckpt["num_classes"], cfg.eval, device,
+                      num_workers=min(cfg.data.num_workers, 2))
+    print(scores.table(ckpt.get("class_names")))
+    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
+    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
+                               "miou": scores.miou, "iou": scores.iou,
+                               "class_names": ckpt.get("class_names"),
+                               "images": len(val), "eval": vars(cfg.eval)}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="masks, overlays and uncertainty maps for images",
+        description="For each image: <name>_mask.png (palette PNG of class indices), "
+        "<name>_overlay.png, and <name>_uncertainty.png, a heatmap of the mean variance "
+        "sigma^2 of each pixel's representation (bright = uncertain).",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from prcl.predict import predict_files
+
+    written = predict_files(args.checkpoint, args.images, args.out, args.which)
+    print(f"wrote {len(written)} files for {len(written) // 3} images to {args.out}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="supervised baseline vs PRCL on the built-in dataset (what `make demo` runs)",
+        description="Train the supervised baseline and PRCL on the built-in synthetic dataset "
+        "with the same labelled subset and steps, print both mIoUs and write a figure.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the synthetic config, e.g. train.epochs=4")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from prcl.demo import run_demo
+
+    run_demo(args.out, args.overrides)
+    return 0
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-data",
+        help="check a dataset: image counts, class histogram and every problem",
+        description="Read every image and mask the config would train and validate on and "
+        "report the image counts per split, the class histogram and every problem at once "
+        "(exit status 1 if there is any), e.g. `prcl check-data voc_662 "
+        "data.root=/data/VOC2012`.",
+    )
+    p.add_argument("config", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
+                   help="config file or built-in name (default: synthetic), then overrides")
+
+
+def _run_check_data(args: argparse.Namespace) -> int:
+    from prcl.config import load_config
+    from prcl.data.check import check_data, format_report
+
+    name, overrides = _split_config_and_overrides(args.config)
+    cfg = load_config(name, overrides)
+    report = check_data(cfg.data, progress=lambda line: print(line, file=sys.stderr))
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _add_splits(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "splits",
+        help="write deterministic labelled/unlabelled split lists in the authors' layout",
+        description="Draw the labelled images from the training set of the config's dataset "
+        "(seeded, so the same counts and seeds give the same lists anywhere) and write "
+        "OUT/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt; then train with "
+        "data.split_dir=OUT. E.g. `prcl splits voc_662 data.root=/data/VOC2012 --out splits "
+        "--num-labels 92 183 366 --seeds 0 1 2`.",
+    )
+    p.add_argument("config", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
+                   help="config file or built-in name (default: synthetic), then overrides")
+    p.add_argument("--out", required=True, help="folder to write the split lists into")
+    p.add_argument("--num-labels", type=int, nargs="+", metavar="N",
+                   help="labelled image counts (default: the config's data.num_labels)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="split seeds (default: the config's data.split_seed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing lists that differ")
+
+
+def _run_splits(args: argparse.Namespace) -> int:
+    from prcl.config import load_config
+    from prcl.data import generate_split, open_layout, write_split
+
+    name, overrides = _split_config_and_overrides(args.config)
+    cfg = load_config(name, overrides).data
+    layout = open_layout(cfg)
+    candidates, train_ids, val_ids = (
+        layout.labelled_candidates(), layout.train_ids(), layout.val_ids()
+    )
+    for num_labels in args.num_labels or [cfg.num_labels]:
+        for seed in args.seeds or [cfg.split_seed]:
+            split = generate_split(candidates, train_ids, num_labels, seed)
+            folder = write_split(split, args.out, num_labels, seed, val_ids, args.overwrite)
+            print(f"wrote {folder}: {len(split.labelled)} labelled, {len(split.unlabelled)} "
+                  f"unlabelled, {len(val_ids)} validation ids")
+    return 0
+
+
+COMMANDS = {
+    "train": (_add_train, _run_train),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "predict": (_add_predict, _run_predict),
+    "demo": (_add_demo, _run_demo),
+    "convert-official": (_add_convert_official, _run_convert_official),
+    "check-data": (_add_check_data, _run_check_data),
+    "splits": (_add_splits, _run_splits),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prcl",
+        description="Semi-supervised semantic segmentation with PRCL.",
+    )
+    parser.add_argument("--version", action="version", version=f"prcl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = COMMANDS[args.command][1]
+    try:
+        return run(args)
+    except PrclError as exc:
+        print(f"prcl {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,97 @@
+"""Checkpoint files: written atomically, read with clear errors.
+
+A prcl checkpoint is a dict with ``format``, ``config`` (plain dicts), ``num_classes``,
+``class_names``, ``student`` and ``teacher`` state dicts, and, for checkpoints written during
+training, the optimisers, counters and RNG states needed to resume exactly (``training``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prcl.config import Config, apply_overrides, config_from_dict, config_to_dict
+from prcl.errors import CheckpointError
+from prcl.models import DeepLabV3Plus, build_model
+
+FORMAT = "prcl-checkpoint-1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over
+    ``path``: a crash at any moment leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_checkpoint(
+    cfg: Config,
+    student: DeepLabV3Plus,
+    teacher: DeepLabV3Plus,
+    class_names: list[str] | None = None,
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "config": config_to_dict(cfg),
+        "num_classes": student.num_classes,
+        "class_names": class_names,
+        "student": student.state_dict(),
+        "teacher": teacher.state_dict(),
+        "training": training,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a prcl checkpoint; a missing, unreadable or foreign file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = ""
+        if isinstance(ckpt, dict) and {"ema", "uncer_head"} <= set(ckpt):
+            hint = " It looks like the authors' checkpoint: run `prcl convert-official` first."
+        raise CheckpointError(f"{path} is not a prcl checkpoint.{hint}")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], overrides: list[str] = ()) -> Config:
+    """The run's config stored in a checkpoint, with ``a.b=value`` overrides on top."""
+    raw = apply_overrides(copy.deepcopy(ckpt["config"]), overrides)
+    return config_from_dict(raw, source="checkpoint config")
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], which: str = "teacher"
+) -> tuple[DeepLabV3Plus, Config]:
+    """The network stored under ``which`` (teacher | student) and the run's config."""
+    cfg = checkpoint_config(ckpt)
+    model = build_model(
+        cfg.model.encoder,
+        ckpt["num_classes"],
+        cfg.model.output_stride,
+        rep_dim=cfg.model.rep_dim,
+        head_channels=cfg.model.head_channels,
+    )
+    model.load_state_dict(ckpt[which])
+    return model, cfg

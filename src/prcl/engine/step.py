@@ -1,0 +1,133 @@
+"""The losses of one training step (METHOD.md section 7), top to bottom like the method.
+
+``prcl_step_losses`` is the semi-supervised step: the teacher's pseudo-labels, the batched
+unlabelled pipeline, the student on both batches, and the three losses. ``supervised_step_
+losses`` is the labelled-only baseline. The optimiser side (backward, the two optimisers, the
+EMA) lives in the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prcl.config import Config
+from prcl.data import IGNORE_INDEX, mix, normalize, photometric, random_scale_crop
+from prcl.losses import PRCLLoss, pseudo_label_ce
+
+Partners = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+class StepLosses(NamedTuple):
+    total: Tensor
+    supervised: Tensor
+    unsupervised: Tensor
+    contrastive: Tensor
+
+
+def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear, align_corners=True, as the authors bring logits to label size."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def teacher_pseudo_labels(teacher: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """METHOD.md 7.2: the teacher predicts the raw unlabelled batch [B, 3, H, W]; at image
+    size, the softmax's argmax is the pseudo-label [B, H, W] and its max the confidence."""
+    logits = teacher(normalize(images), representation=False).logits
+    confidence, pseudo_labels = upsample(logits.float(), images.shape[-2:]).softmax(1).max(1)
+    return pseudo_labels, confidence
+
+
+@torch.no_grad()
+def contrastive_labels(
+    labels: Tensor, pseudo_labels: Tensor, confidence: Tensor, weak_threshold: float,
+    size: tuple[int, int],
+) -> Tensor:
+    """METHOD.md section 5, which pixels take part, at the representation's resolution:
+    labelled pixels whose ground truth is not ignored, unlabelled pixels whose pseudo-label
+    confidence is >= weak_threshold; labels brought down by nearest neighbour.
+
+    labels [B_l, H, W], pseudo_labels and confidence [B_u, H, W] -> [B_l + B_u, h, w], the
+    class of each taking part and -1 elsewhere."""
+    confident = confidence >= weak_threshold
+    unlabelled = torch.where(confident & (pseudo_labels != IGNORE_INDEX), pseudo_labels, -1)
+    labelled = torch.where(labels == IGNORE_INDEX, -1, labels)
+    both = torch.cat([labelled, unlabelled]).unsqueeze(1).float()
+    return F.interpolate(both, size=size, mode="nearest").squeeze(1).long()
+
+
+def prcl_step_losses(
+    student: nn.Module,
+    teacher: nn.Module,
+    images_l: Tensor,
+    labels_l: Tensor,
+    images_u: Tensor,
+    cfg: Config,
+    prcl_loss: PRCLLoss,
+    lambda_c: float,
+    generator: torch.Generator,
+    autocast: AbstractContextManager,
+    partners: Partners | None = None,
+) -> StepLosses:
+    """One semi-supervised step's losses (METHOD.md 7.2-7.7).
+
+    images_l [B_l, 3, H, W] and labels_l [B_l, H, W]: the labelled batch after its pipeline;
+    images_u [B_u, 3, H, W]: the raw unlabelled batch. ``partners`` (several processes) maps
+    the local unlabelled batch to each image's class-mix partner from the gathered batch."""
+    data = cfg.data
+    with autocast:
+        pseudo_labels, confidence = teacher_pseudo_labels(teacher, images_u)
+    images_u, pseudo_labels, confidence = random_scale_crop(
+        images_u, pseudo_labels, confidence, data.crop_size, data.scale_range, generator
+    )
+    partner = partners(images_u, pseudo_labels, confidence) if partners else None
+    images_u, pseudo_labels, confidence = mix(
+        images_u, pseudo_labels, confidence, data.mix_mode, generator, partner
+    )
+    images_u, pseudo_labels, confidence = photometric(
+        images_u, pseudo_labels, confidence, generator
+    )
+
+    with autocast:
+        out_l = student(normalize(images_l))
+        out_u = student(normalize(images_u))
+
+    supervised = F.cross_entropy(
+        upsample(out_l.logits.float(), labels_l.shape[-2:]), labels_l, ignore_index=IGNORE_INDEX
+    )
+    unsupervised = pseudo_label_ce(
+        upsample(out_u.logits.float(), pseudo_labels.shape[-2:]), pseudo_labels, confidence,
+        cfg.loss.un_threshold,
+    )
+    logits = torch.cat([out_l.logits, out_u.logits])
+    taking_part = contrastive_labels(
+        labels_l, pseudo_labels, confidence, cfg.loss.weak_threshold, logits.shape[-2:]
+    )
+    contrastive = prcl_loss(
+        torch.cat([out_l.mu, out_u.mu]),
+        torch.cat([out_l.var, out_u.var]),
+        taking_part,
+        logits.detach().float().softmax(1),
+        generator,
+    )
+    total = supervised + unsupervised + lambda_c * contrastive
+    return StepLosses(total, supervised, unsupervised, contrastive)
+
+
+def supervised_step_losses(
+    student: nn.Module, images_l: Tensor, labels_l: Tensor, autocast: AbstractContextManager
+) -> StepLosses:
+    """The labelled-only baseline: cross-entropy on the labelled batch, nothing else."""
+    with autocast:
+        out = student(normalize(images_l), representation=False)
+    supervised = F.cross_entropy(
+        upsample(out.logits.float(), labels_l.shape[-2:]), labels_l, ignore_index=IGNORE_INDEX
+    )
+    zero = supervised.detach() * 0
+    return StepLosses(supervised, supervised, zero, zero)

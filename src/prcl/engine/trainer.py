@@ -1,0 +1,401 @@
+"""The mean-teacher PRCL trainer (METHOD.md section 7): set-up, the optimiser step, periodic
+evaluation, checkpoints, resume, the non-finite guard and logging.
+
+Data flows one way: datasets -> endless loaders -> ``train_step`` (losses from
+``prcl.engine.step``) -> the two SGD optimisers -> the EMA teacher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from prcl.config import Config, save_config
+from prcl.data import build_datasets
+from prcl.engine import distributed
+from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from prcl.engine.ema import ema_update
+from prcl.engine.loaders import endless_loader, sample_seed
+from prcl.engine.run_log import RunLog
+from prcl.engine.schedules import poly_lr, ramp_down
+from prcl.engine.step import StepLosses, prcl_step_losses, supervised_step_losses
+from prcl.errors import PrclError
+from prcl.evaluation import Scores, evaluate
+from prcl.losses import PRCLLoss
+from prcl.models import DeepLabV3Plus, build_model
+
+
+class TrainingDiverged(PrclError):
+    """Too many consecutive steps whose loss or gradients were not finite."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_miou: float
+    last_miou: float
+    skipped_steps: int
+    rank: int = 0
+
+
+def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA when supported, else fp16; no autocast on the CPU."""
+    if name == "none" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def scaled_learning_rates(cfg: Config, world_size: int) -> tuple[float, float, float]:
+    """The config's lr belongs to a total labelled batch of ``optim.reference_batch_size``;
+    with another total batch (batch_size x world_size) both learning rates scale linearly.
+    Returns (lr, probability_head_lr, factor)."""
+    factor = 1.0
+    if cfg.optim.scale_lr:
+        factor = cfg.data.batch_size * world_size / cfg.optim.reference_batch_size
+    return cfg.optim.lr * factor, cfg.optim.probability_head_lr * factor, factor
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+class Trainer:
+    """Build everything a run needs from a ``Config``; ``fit()`` trains.
+
+    ``resume``: a checkpoint written by an earlier run (``last.pth``); training continues
+    exactly where it stopped. Under torchrun, each process builds its own Trainer.
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | dict[str, Any] | None = None,
+                 runtime: distributed.Runtime | None = None, progress: bool = True) -> None:
+        state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
+        self.cfg = cfg
+        self.rt = runtime or distributed.setup_runtime(cfg.train.device)
+        seed_everything(cfg.train.seed, cfg.train.deterministic, self.rt.device)
+        self.run_dir = Path(cfg.train.out_dir)
+        self.progress = progress and self.rt.is_main
+        self.data = build_datasets(cfg.data)
+        self.num_classes = self.data.num_classes
+        self.semi = cfg.train.method == "prcl"
+        self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
+
+        self.student = self._build_network().to(self.rt.device)
+        if self.semi:
+            self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        else:  # the baseline has no teacher: it is evaluated and saved as the student
+            self.student.representation.requires_grad_(False)
+            self.student.probability_head.requires_grad_(False)
+            self.teacher = self.student
+        self.network = self.student
+        if self.rt.distributed:
+            if self.rt.device.type == "cuda":
+                self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.network = DistributedDataParallel(
+                self.student, device_ids=[self.rt.device] if self.rt.device.type == "cuda" else None
+            )
+
+        lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
+        groups = self.student.parameter_groups()
+        self.optimizer = self._sgd(groups["network"], lr)
+        self.head_optimizer = self._sgd(groups["probability_head"], head_lr)
+        self.scheduler = poly_lr(self.optimizer, self.total_steps, cfg.optim.poly_power,
+                                 cfg.optim.min_lr)
+        self.head_scheduler = poly_lr(self.head_optimizer, self.total_steps,
+                                      cfg.optim.poly_power, cfg.optim.min_lr)
+        self.amp = amp_dtype(cfg.train.amp, self.rt.device)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
+
+        self.prcl_loss = PRCLLoss(
+            cfg.loss.num_queries, cfg.loss.num_negatives, cfg.loss.temperature,
+            cfg.loss.strong_threshold,
+            reduce_sum=distributed.all_reduce_sum if self.rt.distributed else None,
+        )
+        self.generator = torch.Generator(self.rt.device)
+        self.generator.manual_seed(sample_seed(cfg.train.seed, self.rt.rank, 1))
+        self.step = 0
+        self.best_miou = -1.0
+        self.last_miou = float("nan")
+        self.skipped_steps = 0
+        self.nonfinite_streak = 0
+        self.log = RunLog(self.run_dir, enabled=False)
+        if state is not None:
+            self._load_state(state)
+
+    # ----------------------------------------------------------------- set-up helpers
+    def _build_network(self) -> DeepLabV3Plus:
+        m = self.cfg.model
+        return build_model(m.encoder, self.num_classes, m.output_stride, m.pretrained,
+                           m.rep_dim, m.head_channels)
+
+    def _sgd(self, params: list[nn.Parameter], lr: float) -> torch.optim.SGD:
+        o = self.cfg.optim
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=self.amp)
+
+    def _loaders(self) -> tuple[Any, Any]:
+        d, rt = self.cfg.data, self.rt
+        pin = rt.device.type == "cuda"
+        labelled = endless_loader(
+            self.data.labelled, d.batch_size, sample_seed(self.cfg.train.seed, 2), rt.rank,
+            rt.world_size, self.step * d.batch_size, d.num_workers, pin,
+        )
+        if not self.semi:
+            return labelled, None
+        batch_u = d.unlabeled_batch_size or d.batch_size
+        unlabelled = endless_loader(
+            self.data.unlabelled, batch_u, sample_seed(self.cfg.train.seed, 3), rt.rank,
+            rt.world_size, self.step * batch_u, d.num_workers, pin,
+        )
+        return labelled, unlabelled
+
+    def _next_batch(self, labelled: Any, unlabelled: Any) -> tuple[torch.Tensor, ...]:
+        """(images_l, labels_l, images_u or None) on the training device."""
+        images_l, labels_l = next(labelled)
+        images_u = None if unlabelled is None else next(unlabelled)
+        return tuple(None if t is None else t.to(self.rt.device, non_blocking=True)
+                     for t in (images_l, labels_l, images_u))
+
+    # ----------------------------------------------------------------- the step
+    def lambda_c(self) -> float:
+        """lambda_c for the current epoch (METHOD.md 7.8)."""
+        r = self.cfg.ramp
+        epoch = self.step // self.cfg.train.steps_per_epoch
+        return ramp_down(epoch, r.max_value, r.min_value, r.ramp_mult, r.max_epoch)
+
+    def train_step(self, images_l: torch.Tensor, labels_l: torch.Tensor,
+                   images_u: torch.Tensor | None) -> StepLosses | None:
+        """One optimiser step; returns the losses, or None when the step was skipped because
+        the loss or the gradients were not finite."""
+        self.network.train()
+        self.teacher.train()
+        if self.semi:
+            partners = None
+            if self.rt.distributed and self.cfg.data.mix_across_ranks:
+                partners = distributed.gathered_partners
+            losses = prcl_step_losses(
+                self.network, self.teacher, images_l, labels_l, images_u, self.cfg,
+                self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
+            )
+        else:
+            losses = supervised_step_losses(self.network, images_l, labels_l, self._autocast())
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        if not self._all_finite(losses.total):
+            return self._skip()
+        self.scaler.scale(losses.total).backward()
+        if not self.scaler.is_enabled() and not self._gradients_finite():
+            return self._skip()
+        self.scaler.step(self.optimizer)
+        self.scaler.step(self.head_optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.head_scheduler.step()
+        if self.semi:
+            ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha)
+        self.step += 1
+        self.nonfinite_streak = 0
+        return losses
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if self.rt.distributed:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _gradients_finite(self) -> bool:
+        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), float("inf"))
+        return bool(torch.isfinite(norm).item())
+
+    def _skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_streak += 1
+        self.step += 1
+        self.scheduler.step()
+        self.head_scheduler.step()
+        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+            last = self.run_dir / "last.pth"
+            kept = f" The last good checkpoint is {last}." if last.is_file() else ""
+            raise TrainingDiverged(
+                f"stopped at step {self.step}: {self.nonfinite_streak} consecutive steps had a "
+                "non-finite loss or gradient. The usual cause is a probability-head learning "
+                f"rate that is too large (optim.probability_head_lr = "
+                f"{self.head_optimizer.param_groups[0]['initial_lr']:.3g} after scaling; the "
+                "authors use 5e-5 and warn that training crashes when it is too large): lower "
+                f"it, or lower optim.lr.{kept}"
+            )
+        return None
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``train.epochs * train.steps_per_epoch`` steps (or ``max_steps``),
+        evaluating every ``train.eval_every`` epochs and at the end."""
+        cfg, rt = self.cfg, self.rt
+        stop = min(self.total_steps, max_steps) if max_steps is not None else self.total_steps
+        eval_period = cfg.train.eval_every * cfg.train.steps_per_epoch
+        self.log = RunLog(self.run_dir, enabled=rt.is_main, fresh=self.step == 0)
+        if rt.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self._log_start()
+        labelled, unlabelled = self._loaders()
+        bar = tqdm(total=stop, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   desc=cfg.train.method)
+        started, started_step = time.perf_counter(), self.step
+        try:
+            while self.step < stop:
+                losses = self.train_step(*self._next_batch(labelled, unlabelled))
+                bar.update(1)
+                log_now = self.step % cfg.train.log_every == 0 or self.step == stop
+                if losses is not None and log_now:
+                    rate = (self.step - started_step) / (time.perf_counter() - started)
+                    self._log_step(losses, rate, bar)
+                if self.step % eval_period == 0 or self.step == self.total_steps:
+                    self.evaluate_and_save()
+        finally:
+            bar.close()
+            self.log.close()
+        if self.step == stop and self.step % eval_period and self.step != self.total_steps:
+            self._sync_buffers()
+            self.save("last.pth")
+        return TrainResult(self.run_dir, self.step, self.best_miou, self.last_miou,
+                           self.skipped_steps, rt.rank)
+
+    def evaluate_and_save(self) -> Scores:
+        """Evaluate the teacher (the student for the supervised baseline) in eval mode on the
+        whole validation set; write ``last.pth`` and, when the mIoU improved, ``best.pth``."""
+        self._sync_buffers()
+        scores = evaluate(self.teacher, self.data.val, self.num_classes, self.cfg.eval,
+                          self.rt.device, num_workers=min(self.cfg.data.num_workers, 2))
+        self.last_miou = scores.miou
+        improved = scores.miou > self.best_miou
+        self.best_miou = max(self.best_miou, scores.miou)
+        self.log.record(
+            "eval",
+            {"step": self.step, "epoch": self.step / self.cfg.train.steps_per_epoch,
+             "miou": scores.miou, "best_miou": self.best_miou, "iou": scores.iou},
+            step=self.step,
+            message=f"step {self.step}: mIoU {scores.miou * 100:.2f} "
+                    f"(best {self.best_miou * 100:.2f})",
+        )
+        self.save("last.pth")
+        if improved:
+            self.save("best.pth")
+        return scores
+
+    def _sync_buffers(self) -> None:
+        """Make every rank's BatchNorm statistics the same before evaluating or saving."""
+        if self.rt.distributed:
+            distributed.average_buffers(self.student)
+            if self.semi:
+                distributed.average_buffers(self.teacher)
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume; on every rank (it gathers each rank's generator)."""
+        training = {
+            "step": self.step,
+            "best_miou": self.best_miou,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_streak": self.nonfinite_streak,
+            "optimizer": self.optimizer.state_dict(),
+            "head_optimizer": self.head_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "head_scheduler": self.head_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generators": distributed.gather_objects(self.generator.get_state().cpu()),
+            "torch_rng": torch.get_rng_state(),
+            "world_size": self.rt.world_size,
+        }
+        return make_checkpoint(self.cfg, self.student, self.teacher, self.data.class_names,
+                               training)
+
+    def save(self, name: str) -> Path:
+        """Write a checkpoint atomically (call on every rank: rank 0 writes)."""
+        ckpt = self.checkpoint()
+        return atomic_save(ckpt, self.run_dir / name) if self.rt.is_main else self.run_dir / name
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        training = ckpt.get("training")
+        if not training:
+            raise PrclError("the checkpoint holds weights only (no training state): use it with "
+                            "`prcl evaluate` or as model.pretrained, not with --resume")
+        if training["world_size"] != self.rt.world_size:
+            raise PrclError(f"the checkpoint was written by {training['world_size']} process(es); "
+                            f"resume with the same number (now {self.rt.world_size})")
+        self.student.load_state_dict(ckpt["student"])
+        self.teacher.load_state_dict(ckpt["teacher"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.head_optimizer.load_state_dict(training["head_optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.head_scheduler.load_state_dict(training["head_scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        self.generator.set_state(training["generators"][self.rt.rank])
+        torch.set_rng_state(training["torch_rng"])
+        self.step = training["step"]
+        self.best_miou = training["best_miou"]
+        self.skipped_steps = training["skipped_steps"]
+        self.nonfinite_streak = training["nonfinite_streak"]
+
+    # ----------------------------------------------------------------- logging
+    def _log_start(self) -> None:
+        total_batch = self.cfg.data.batch_size * self.rt.world_size
+        lr = self.optimizer.param_groups[0]["initial_lr"]
+        message = (f"{self.cfg.train.method}: {len(self.data.labelled)} labelled, "
+                   f"{len(self.data.unlabelled)} unlabelled, {len(self.data.val)} val images; "
+                   f"{self.rt.world_size} process(es) on {self.rt.device}, total labelled batch "
+                   f"{total_batch}; lr {lr:.3g}")
+        if self.lr_factor != 1.0:
+            message += (f" (config lr {self.cfg.optim.lr:.3g} x {total_batch}/"
+                        f"{self.cfg.optim.reference_batch_size}: linear scaling)")
+        self.log.record("start", {"message": message, "lr": lr, "lr_scale": self.lr_factor,
+                                  "step": self.step}, message=message)
+
+    def _log_step(self, losses: StepLosses, rate: float, bar: tqdm) -> None:
+        if not self.rt.is_main:
+            return
+        values = {name: value.item() for name, value in losses._asdict().items()}
+        values.update(lambda_c=self.lambda_c(), lr=self.scheduler.get_last_lr()[0],
+                      lr_probability_head=self.head_scheduler.get_last_lr()[0],
+                      skipped_steps=self.skipped_steps, it_per_s=rate)
+        bar.set_postfix(loss=f"{values['total']:.3f}", sup=f"{values['supervised']:.3f}",
+                        unsup=f"{values['unsupervised']:.3f}",
+                        prcl=f"{values['contrastive']:.3f}", lr=f"{values['lr']:.2e}")
+        self.log.record("train", {"step": self.step, **values}, step=self.step)
+
+
+def train(cfg: Config, resume: str | Path | dict[str, Any] | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train from a config (or continue a run from its ``last.pth``). Under torchrun the
+    process group is closed at the end."""
+    try:
+        return Trainer(cfg, resume=resume, progress=progress).fit()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,114 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prcl.engine.ema import ema_decay, ema_update
+from prcl.engine.loaders import InfiniteSampler, SeededSamples
+from prcl.engine.schedules import poly_lr, ramp_down
+from prcl.evaluation import ConfusionMatrix, predict_sliding, predict_whole
+from prcl.models import build_model
+
+
+def test_ema_decay_and_update_are_exact():
+    assert ema_decay(0, 0.99) == 0.0
+    assert ema_decay(1, 0.99) == 0.5
+    assert ema_decay(9, 0.99) == pytest.approx(0.9)
+    assert ema_decay(10_000, 0.99) == 0.99
+    teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0)
+        student.weight.fill_(3.0)
+    ema_update(teacher, student, step=1, alpha=0.99)
+    assert torch.allclose(teacher.weight, torch.full((1, 2), 2.0))
+    ema_update(teacher, student, step=0, alpha=0.99)
+    assert torch.equal(teacher.weight, student.weight)
+
+
+def test_ramp_down_follows_the_formula():
+    assert ramp_down(0, 1.0, 0.0, -5.0, 200) == 1.0
+    assert ramp_down(100, 1.0, 0.0, -5.0, 200) == pytest.approx(math.exp(-1.25))
+    assert ramp_down(200, 1.0, 0.0, -5.0, 200) == pytest.approx(math.exp(-5))
+    assert ramp_down(400, 1.0, 0.0, -5.0, 200) == pytest.approx(math.exp(-5))
+    assert ramp_down(150, 1.0, 0.1, -5.0, 200) == 0.1
+
+
+def test_poly_lr_decays_to_the_floor():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.01)
+    sched = poly_lr(opt, total_steps=10, power=0.9, min_lr=1e-6)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.01
+    assert lrs[5] == pytest.approx(0.01 * 0.5**0.9)
+    assert lrs[10] == pytest.approx(1e-6) and lrs[11] == pytest.approx(1e-6)
+
+
+def test_infinite_sampler_resumes_and_shards():
+    full = InfiniteSampler(10, seed=3)
+    first = [next(it) for it in [iter(full)] for _ in range(25)]
+    resumed = iter(InfiniteSampler(10, seed=3, start=13))
+    assert [next(resumed) for _ in range(12)] == first[13:]
+    assert sorted(i for i, _ in first[:10]) == list(range(10))
+    assert len({s for _, s in first}) == 25
+    shards = [iter(InfiniteSampler(10, seed=3, rank=r, world_size=2)) for r in range(2)]
+    taken = [[next(s)[0] for _ in range(5)] for s in shards]
+    assert sorted(taken[0] + taken[1]) == list(range(10))
+
+
+def test_seeded_samples_are_reproducible_and_leave_global_rng_alone():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.rand(2)
+
+    data = SeededSamples(Noise())
+    state = torch.get_rng_state()
+    assert torch.equal(data[(1, 42)], data[(2, 42)])
+    assert not torch.equal(data[(1, 42)], data[(1, 43)])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_confusion_matrix_against_numpy():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, size=(3, 20, 20))
+    target[:, :2] = 255
+    pred = rng.integers(0, 4, size=(3, 20, 20))
+    pred[pred == 2] = 0
+    pred[target == 2] = 2
+    cm = ConfusionMatrix(5)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    keep = target != 255
+    ious = []
+    for c in range(5):
+        tp = np.sum((pred == c) & (target == c) & keep)
+        union = np.sum(((pred == c) | (target == c)) & keep)
+        ious.append(tp / union if union else np.nan)
+    scores = cm.scores()
+    assert scores.iou[2] == 1.0 and math.isnan(scores.iou[4])
+    assert np.allclose(scores.iou[:4], ious[:4])
+    assert scores.miou == pytest.approx(np.nanmean(ious))
+    with pytest.raises(ValueError, match="only 5 classes"):
+        cm.update(torch.tensor([1]), torch.tensor([7]))
+
+
+def test_sliding_window_covers_the_image_and_averages_overlaps():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3).eval()
+    image = torch.rand(1, 3, 48, 80)
+    tiles = predict_sliding(model, image, window=32, stride=24, uncertainty=True)
+    assert tiles.probs.shape == (1, 3, 48, 80) and tiles.uncertainty.shape == (1, 1, 48, 80)
+    assert torch.allclose(tiles.probs.sum(1), torch.ones(1, 48, 80), atol=1e-5)
+    two = predict_sliding(model, image, window=48, stride=48)
+    left = predict_whole(model, image[..., :48]).probs
+    right = predict_whole(model, image[..., 32:]).probs
+    assert torch.allclose(two.probs[..., :32], left[..., :32], atol=1e-5)
+    assert torch.allclose(two.probs[..., 48:], right[..., 16:], atol=1e-5)
+    assert torch.allclose(two.probs[..., 32:48], (left[..., 32:] + right[..., :16]) / 2,
+                          atol=1e-5)

@@ -1,0 +1,163 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prcl.cli import main
+from prcl.config import load_config
+from prcl.data import build_datasets
+from prcl.data.synthetic import CLASS_NAMES
+from prcl.engine import Trainer, TrainingDiverged, train
+from prcl.engine import trainer as trainer_module
+from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from prcl.evaluation import predict_whole
+
+TINY = [
+    "model.encoder=resnet18",
+    "model.head_channels=32",
+    "model.rep_dim=32",
+    "data.synthetic.num_train=24",
+    "data.synthetic.num_val=4",
+    "data.synthetic.image_size=64",
+    "data.num_labels=6",
+    "data.crop_size=48",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "loss.num_queries=16",
+    "loss.num_negatives=32",
+    "optim.reference_batch_size=2",
+    "train.epochs=2",
+    "train.steps_per_epoch=2",
+    "train.eval_every=1",
+    "train.log_every=1",
+    "ramp.max_epoch=2",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def tiny(cache, out, *extra):
+    return load_config("synthetic", [*TINY, f"data.root={cache}", f"train.out_dir={out}", *extra])
+
+
+@pytest.mark.parametrize("method", ["supervised", "prcl"])
+def test_few_steps_end_to_end(cache, tmp_path, method):
+    result = train(tiny(cache, tmp_path, f"train.method={method}"), progress=False)
+    assert result.steps == 4 and result.skipped_steps == 0
+    assert 0 <= result.last_miou <= 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    train_logs = [r["train"] for r in records if "train" in r]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert len(train_logs) == 4 and all(t["total"] == t["total"] for t in train_logs)
+    if method == "prcl":
+        assert all(t["contrastive"] > 0 for t in train_logs)
+    else:
+        assert all(t["contrastive"] == 0 and t["unsupervised"] == 0 for t in train_logs)
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "best.pth").is_file()
+    assert any((tmp_path / "tensorboard").iterdir())
+    ckpt = load_checkpoint(tmp_path / "last.pth")
+    assert ckpt["training"]["step"] == 4 and ckpt["num_classes"] == len(CLASS_NAMES)
+
+
+def test_resume_continues_bitwise(cache, tmp_path):
+    cfg = tiny(cache, tmp_path / "straight", "train.deterministic=true", "train.eval_every=2")
+    straight = Trainer(cfg, progress=False)
+    straight.fit()
+    cfg_a = tiny(cache, tmp_path / "split", "train.deterministic=true", "train.eval_every=2")
+    Trainer(cfg_a, progress=False).fit(max_steps=2)
+    resumed = Trainer(cfg_a, resume=tmp_path / "split" / "last.pth", progress=False)
+    assert resumed.step == 2
+    resumed.fit()
+    for name in ("student", "teacher"):
+        a = getattr(straight, name).state_dict()
+        b = getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert straight.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
+        resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_non_finite_guard_skips_counts_and_stops(cache, tmp_path, monkeypatch):
+    cfg = tiny(cache, tmp_path, "train.max_nonfinite_steps=2", "train.epochs=4")
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit(max_steps=2)
+    good = (tmp_path / "last.pth").read_bytes()
+    weights = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    real = trainer_module.prcl_step_losses
+
+    def poisoned(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        return losses._replace(total=losses.total * float("nan"))
+
+    monkeypatch.setattr(trainer_module, "prcl_step_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="probability-head learning rate"):
+        trainer.fit()
+    assert trainer.skipped_steps == 2 and trainer.step == 4
+    assert (tmp_path / "last.pth").read_bytes() == good
+    now = trainer.student.state_dict()
+    assert all(torch.equal(weights[k], now[k]) for k in weights if k.endswith("weight"))
+
+
+def test_evaluate_command_matches_an_independent_confusion_matrix(cache, tmp_path, capsys):
+    cfg = tiny(cache, tmp_path, "train.epochs=1")
+    train(cfg, progress=False)
+    ckpt = tmp_path / "last.pth"
+    assert main(["evaluate", str(ckpt), "--json", str(tmp_path / "scores.json")]) == 0
+    printed = capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+
+    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    model.eval()
+    data = build_datasets(cfg.data)
+    n = data.num_classes
+    counts = torch.zeros(n, n, dtype=torch.long)
+    for image, label in (data.val[i] for i in range(len(data.val))):
+        pred = predict_whole(model, image[None]).probs[0].argmax(0)
+        for t in range(n):
+            for p in range(n):
+                counts[t, p] += int(((label == t) & (pred == p)).sum())
+    ious = []
+    for c in range(n):
+        union = counts[c].sum() + counts[:, c].sum() - counts[c, c]
+        if union > 0:
+            ious.append(counts[c, c].item() / union.item())
+    assert scores["miou"] == pytest.approx(sum(ious) / len(ious))
+    assert f"{scores['miou'] * 100:7.2f}" in printed
+
+
+def test_predict_writes_mask_overlay_and_uncertainty(cache, tmp_path, capsys):
+    cfg = tiny(cache, tmp_path, "train.epochs=1")
+    train(cfg, progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (70, 50), (120, 30, 200)).save(images / "a.png")
+    Image.new("RGB", (40, 64), (10, 200, 30)).save(images / "b.jpg")
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "last.pth"), str(images), "--out", str(out)]) == 0
+    for stem, size in (("a", (70, 50)), ("b", (40, 64))):
+        mask = Image.open(out / f"{stem}_mask.png")
+        assert mask.mode == "P" and mask.size == size
+        assert max(np.asarray(mask).flatten()) < len(CLASS_NAMES)
+        assert Image.open(out / f"{stem}_overlay.png").size == size
+        assert Image.open(out / f"{stem}_uncertainty.png").mode == "RGB"
+    assert "wrote 6 files for 2 images" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "no_such_config"]) == 2
+    assert "config 'no_such_config' not found" in capsys.readouterr().err
+    assert main(["train", "synthetic", "data.crop_sise=3"]) == 2
+    assert "did you mean 'data.crop_size'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth does not exist" in capsys.readouterr().err
+    assert main(["train", "voc_662", f"data.root={tmp_path / 'VOC2012'}"]) == 2
+    assert "VOC2012" in capsys.readouterr().err
+    (tmp_path / "weights.pth").write_bytes(b"junk")
+    assert main(["predict", str(tmp_path / "weights.pth"), str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
