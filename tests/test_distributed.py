@@ -40,11 +40,12 @@ def ddp_run(tmp_path_factory):
 
 
 def test_both_ranks_hold_identical_networks(ddp_run):
-    _, _, (a, b) = ddp_run
+    _, settings, (a, b) = ddp_run
     for name in ("student", "teacher"):
         assert a[name].keys() == b[name].keys()
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
-    assert a["lr"] == b["lr"] == pytest.approx(0.01 * 2)
+    config_lr = load_config("synthetic", settings).optim.lr
+    assert a["lr"] == b["lr"] == pytest.approx(config_lr * 4 / 2)  # total batch 4, reference 2
 
 
 def test_distributed_evaluation_equals_single_process(ddp_run):
