@@ -1,8 +1,8 @@
 """Images/s of the batched unlabelled pipeline against a per-image PIL pipeline (METHOD.md 7.3-7.5).
 
-Both pipelines do the same work on the same batch: random scale, pad and crop of image,
-pseudo-label and confidence; classmix with the next image of the batch; colour jitter (p 0.8),
-Gaussian blur (p 0.5) and horizontal flip (p 0.5). The PIL pipeline is the way the authors'
+Both pipelines do the same work on the same batch: random scale, pad, crop and horizontal
+flip (p 0.5) of image, pseudo-label and confidence; classmix with the next image of the batch;
+colour jitter (p 0.8) and Gaussian blur (p 0.5). The PIL pipeline is the way the authors'
 code does it: every image back to PIL, one at a time, then back to tensors. Rounds of the two
 alternate in one run so that a busy machine slows both alike.
 
@@ -39,13 +39,14 @@ def make_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]
 
 def batched_pipeline(images, labels, confidence, crop, generator):
     """The library's pipeline: one call per step for the whole batch."""
-    batch = random_scale_crop(images, labels, confidence, crop, SCALE_RANGE, generator)
-    batch = mix(*batch, mode="classmix", generator=generator)
-    return photometric(*batch, generator=generator)
+    batch = random_scale_crop(images, labels, confidence, crop, SCALE_RANGE, generator,
+                              hflip=True)
+    images, labels, confidence = mix(*batch, mode="classmix", generator=generator)
+    return photometric(images, generator), labels, confidence
 
 
 def _pil_geometry(image, label, conf, crop):
-    """Per-image scale, pad (reflect / 255 / 0) and crop with PIL."""
+    """Per-image scale, pad (reflect / 255 / 0), crop and flip (p 0.5) with PIL."""
     width, height = image.size
     s = random.uniform(*SCALE_RANGE)
     size = (max(int(width * s), 1), max(int(height * s), 1))
@@ -58,8 +59,10 @@ def _pil_geometry(image, label, conf, crop):
         label = TF.pad(label, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
         conf = TF.pad(conf, [0, 0, pad_w, pad_h], fill=0)
     top, left, h, w = T.RandomCrop.get_params(image, (crop, crop))
-    return (TF.crop(image, top, left, h, w), TF.crop(label, top, left, h, w),
-            TF.crop(conf, top, left, h, w))
+    out = [TF.crop(x, top, left, h, w) for x in (image, label, conf)]
+    if random.random() < 0.5:
+        out = [TF.hflip(x) for x in out]
+    return out
 
 
 def _classmix(arrays, i):
@@ -87,11 +90,9 @@ def pil_pipeline(images, labels, confidence, crop, jitter):
             image = jitter(image)
         if random.random() < 0.5:
             image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.15, 1.15)))
-        if random.random() < 0.5:
-            image, label, conf = TF.hflip(image), label[:, ::-1], conf[:, ::-1]
         out_images.append(TF.to_tensor(image))
         out_labels.append(torch.from_numpy(label.astype(np.int64)))
-        out_conf.append(torch.from_numpy(conf.copy()))
+        out_conf.append(torch.from_numpy(conf))
     return torch.stack(out_images), torch.stack(out_labels), torch.stack(out_conf)
 
 

@@ -71,9 +71,10 @@ def main() -> None:
         pseudo, conf = timed("teacher", lambda: teacher_pseudo_labels(teacher, images_u))
 
         def augment(pseudo=pseudo, conf=conf):
-            batch = random_scale_crop(images_u, pseudo, conf, s, (0.5, 1.5), generator)
-            batch = mix(*batch, "classmix", generator)
-            return photometric(*batch, generator)
+            batch = random_scale_crop(images_u, pseudo, conf, s, (0.5, 1.5), generator,
+                                      hflip=True)
+            images, labels, confidence = mix(*batch, "classmix", generator)
+            return photometric(images, generator), labels, confidence
 
         aug, aug_labels, aug_conf = timed("augmentation", augment)
         out_l, out_u = timed("student forward",

@@ -30,21 +30,24 @@ def main() -> None:
 
     base = load_config("synthetic", args.overrides)
     epochs = round(base.train.epochs * args.epochs_factor)
+    warmup = round(base.train.labelled_warmup_epochs * args.epochs_factor)
     results: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in args.seeds:
         for method in METHODS:
             cfg = load_config("synthetic", [
                 *args.overrides, f"train.method={method}", f"train.seed={seed}",
                 f"data.split_seed={seed}", f"train.epochs={epochs}", f"ramp.max_epoch={epochs}",
-                f"train.eval_every={epochs}", f"train.out_dir={args.out}/{method}-seed{seed}",
+                f"train.eval_every={epochs}", f"train.labelled_warmup_epochs={warmup}",
+                f"train.out_dir={args.out}/{method}-seed{seed}",
             ])
             started = time.perf_counter()
             result = train(cfg, progress=False)
             results[method].append(result.last_miou * 100)
             print(f"seed {seed}  {method:<10}  mIoU {result.last_miou * 100:5.1f}  "
                   f"({result.steps} steps, {time.perf_counter() - started:.0f} s)", flush=True)
-    print(f"\n{len(args.seeds)} seeds, {epochs} epochs x {base.train.steps_per_epoch} steps, "
-          f"{base.data.num_labels} labelled images\n")
+    warmup_note = f" (PRCL: the first {warmup} on labels only)" if warmup else ""
+    print(f"\n{len(args.seeds)} seeds, {epochs} epochs x {base.train.steps_per_epoch} steps"
+          f"{warmup_note}, {base.data.num_labels} labelled images\n")
     print("| method | mIoU mean | std | runs |\n|---|---:|---:|---|")
     for method in METHODS:
         values = results[method]

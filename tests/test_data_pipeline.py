@@ -15,7 +15,7 @@ from prcl.data import (
     photometric,
     random_scale_crop,
 )
-from prcl.data.unlabelled import color_jitter, gaussian_blur, random_hflip
+from prcl.data.unlabelled import color_jitter, gaussian_blur
 
 NUM_CLASSES = 6
 COLOURS = torch.tensor(
@@ -189,21 +189,37 @@ def test_mix_none_is_the_identity_and_unknown_modes_fail():
         mix(*batch, "mixup")
 
 
-def test_photometric_moves_labels_and_confidence_with_the_pixels():
+def test_flip_moves_image_labels_and_confidence_together():
     images, labels, conf = drawn_batch(b=8)
-    out_images, out_labels, out_conf = photometric(images, labels, conf,
-                                                   torch.Generator().manual_seed(3))
-    assert out_images.min() >= 0 and out_images.max() <= 1
-    flipped = [not torch.equal(out_labels[i], labels[i]) for i in range(8)]
+    images = images + 0.05 * torch.rand(images.shape, generator=torch.Generator().manual_seed(0))
+    out_images, out_labels, out_conf = random_scale_crop(
+        images, labels, conf, 72, (1.0, 1.0), torch.Generator().manual_seed(3), hflip=True
+    )
+    flips = []
     for i in range(8):
-        expected = labels[i].flip(-1) if flipped[i] else labels[i]
-        assert torch.equal(out_labels[i], expected)
-        assert torch.equal(out_conf[i], encode(expected))
-    # After a per-image colour change, pixels of one class still share one colour.
-    inner = interior(out_labels, radius=4)
+        found = [
+            flip
+            for left in range(96 - 72 + 1)
+            for flip in (False, True)
+            if torch.equal(out_labels[i], labels[i, :, left:left + 72].flip(-1) if flip
+                           else labels[i, :, left:left + 72])
+            and torch.allclose(out_images[i], images[i, :, :, left:left + 72].flip(-1) if flip
+                               else images[i, :, :, left:left + 72], atol=1e-5)
+        ]
+        assert len(set(found)) == 1  # one exact crop, flipped or not, for image and label
+        flips.append(found[0])
+        assert torch.equal(out_conf[i], encode(out_labels[i]))
+    assert 0 < sum(flips) < 8
+
+
+def test_photometric_keeps_each_class_one_colour():
+    images, labels, _ = drawn_batch(b=8)
+    out = photometric(images, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    inner = interior(labels, radius=4)
     for i in range(8):
-        for c in out_labels[i][inner[i]].unique():
-            pixels = out_images[i].permute(1, 2, 0)[inner[i] & (out_labels[i] == c)]
+        for c in labels[i][inner[i]].unique():
+            pixels = out[i].permute(1, 2, 0)[inner[i] & (labels[i] == c)]
             assert torch.allclose(pixels, pixels[0].expand_as(pixels), atol=1e-3)
 
 
@@ -214,7 +230,8 @@ def test_photometric_rates_follow_the_method():
     labels = torch.arange(12).expand(n, 12, 12).contiguous()
     jittered = (color_jitter(images, g) - images).abs().amax((1, 2, 3)) > 1e-6
     blurred = (gaussian_blur(images, g) - images).abs().amax((1, 2, 3)) > 1e-6
-    flipped = random_hflip(images, labels, labels.float(), g)[1][:, 0, 0] == 11
+    flipped = random_scale_crop(images, labels, labels.float(), 12, (1.0, 1.0), g,
+                                hflip=True)[1][:, 0, 0] == 11
     assert jittered.float().mean() == pytest.approx(0.8, abs=0.03)
     assert blurred.float().mean() == pytest.approx(0.5, abs=0.03)
     assert flipped.float().mean() == pytest.approx(0.5, abs=0.03)
@@ -237,9 +254,9 @@ def test_blur_preserves_constant_images_and_smooths_noise():
 
 def full_pipeline(batch, seed):
     g = torch.Generator().manual_seed(seed)
-    out = random_scale_crop(*batch, 40, (0.5, 1.5), generator=g)
-    out = mix(*out, "classmix", generator=g)
-    return photometric(*out, generator=g)
+    out = random_scale_crop(*batch, 40, (0.5, 1.5), generator=g, hflip=True)
+    images, labels, conf = mix(*out, "classmix", generator=g)
+    return photometric(images, generator=g), labels, conf
 
 
 def test_same_generator_gives_the_same_batch():

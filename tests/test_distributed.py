@@ -21,6 +21,7 @@ SETTINGS = [
     "data.num_labels=8", "data.crop_size=48", "data.batch_size=2", "data.num_workers=0",
     "loss.num_queries=16", "loss.num_negatives=32", "optim.reference_batch_size=2",
     "train.epochs=2", "train.steps_per_epoch=2", "train.eval_every=2", "ramp.max_epoch=2",
+    "train.labelled_warmup_epochs=1",  # steps 1-2 on labels only, 3-4 the whole method
 ]
 
 

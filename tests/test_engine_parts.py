@@ -26,6 +26,17 @@ def test_ema_decay_and_update_are_exact():
     assert torch.equal(teacher.weight, student.weight)
 
 
+def test_ema_averages_batchnorm_statistics_only_when_asked():
+    teacher, student = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    student.running_mean.fill_(4.0)
+    student.num_batches_tracked.fill_(7)
+    ema_update(teacher, student, step=1, alpha=0.99)
+    assert torch.equal(teacher.running_mean, torch.zeros(2))
+    ema_update(teacher, student, step=1, alpha=0.99, buffers=True)
+    assert torch.equal(teacher.running_mean, torch.full((2,), 2.0))
+    assert teacher.num_batches_tracked.item() == 0  # counters are not averaged
+
+
 def test_ramp_down_follows_the_formula():
     assert ramp_down(0, 1.0, 0.0, -5.0, 200) == 1.0
     assert ramp_down(100, 1.0, 0.0, -5.0, 200) == pytest.approx(math.exp(-1.25))

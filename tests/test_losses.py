@@ -96,6 +96,9 @@ def test_pseudo_label_ce_hand_value():
     c00, c01, c10 = _ce(2.0, 1.0), _ce(1.5, 0.5), _ce(1.0, 0.0)
     expected = (0.5 * c00 + 0.5 * c01 + 1.0 * c10) / 3
     assert pseudo_label_ce(logits, pseudo, confidence).item() == pytest.approx(expected, rel=1e-6)
+    # per pixel: only the two confident pixels (c00, c10) count, each with weight 1
+    pixel = pseudo_label_ce(logits, pseudo, confidence, weighting="pixel")
+    assert pixel.item() == pytest.approx((c00 + c10) / 2, rel=1e-6)
 
 
 def test_pseudo_label_ce_skips_zero_loss_pixels_and_empty_images():
@@ -111,6 +114,9 @@ def test_pseudo_label_ce_all_ignored_is_zero_in_graph():
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
     loss = pseudo_label_ce(logits, torch.full((2, 4, 4), 255), torch.rand(2, 4, 4))
     assert loss.item() == 0.0 and loss.requires_grad
+    pixel = pseudo_label_ce(logits, torch.full((2, 4, 4), 255), torch.ones(2, 4, 4),
+                            weighting="pixel")
+    assert pixel.item() == 0.0 and pixel.requires_grad
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 

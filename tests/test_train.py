@@ -33,6 +33,7 @@ TINY = [
     "train.eval_every=1",
     "train.log_every=1",
     "ramp.max_epoch=2",
+    "train.labelled_warmup_epochs=0",
 ]
 
 
@@ -65,11 +66,32 @@ def test_few_steps_end_to_end(cache, tmp_path, method):
     assert ckpt["training"]["step"] == 4 and ckpt["num_classes"] == len(CLASS_NAMES)
 
 
-def test_resume_continues_bitwise(cache, tmp_path):
-    cfg = tiny(cache, tmp_path / "straight", "train.deterministic=true", "train.eval_every=2")
+def test_labelled_warmup_trains_on_labels_before_the_teacher_joins(cache, tmp_path,
+                                                                     monkeypatch):
+    calls = []
+    real = trainer_module.prcl_step_losses
+
+    def counted(*args, **kwargs):
+        calls.append(args[4].shape[0])  # the unlabelled batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "prcl_step_losses", counted)
+    train(tiny(cache, tmp_path, "train.labelled_warmup_epochs=1"), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logs = [r["train"] for r in records if "train" in r]
+    assert calls == [2, 2]  # steps 3 and 4 only
+    assert [t["unsupervised"] for t in logs[:2]] == [0.0, 0.0]
+    assert all(t["contrastive"] > 0 for t in logs)
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_resume_continues_bitwise(cache, tmp_path, warmup):
+    extra = ("train.deterministic=true", "train.eval_every=2",
+             f"train.labelled_warmup_epochs={warmup}")
+    cfg = tiny(cache, tmp_path / "straight", *extra)
     straight = Trainer(cfg, progress=False)
     straight.fit()
-    cfg_a = tiny(cache, tmp_path / "split", "train.deterministic=true", "train.eval_every=2")
+    cfg_a = tiny(cache, tmp_path / "split", *extra)
     Trainer(cfg_a, progress=False).fit(max_steps=2)
     resumed = Trainer(cfg_a, resume=tmp_path / "split" / "last.pth", progress=False)
     assert resumed.step == 2
@@ -153,6 +175,9 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "config 'no_such_config' not found" in capsys.readouterr().err
     assert main(["train", "synthetic", "data.crop_sise=3"]) == 2
     assert "did you mean 'data.crop_size'" in capsys.readouterr().err
+    assert main(["train", "synthetic", "train.labelled_warmup_epochs=99"]) == 2
+    assert "'train.labelled_warmup_epochs' must be between 0 and train.epochs" in (
+        capsys.readouterr().err)
     assert main(["evaluate", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err
     assert main(["train", "voc_662", f"data.root={tmp_path / 'VOC2012'}"]) == 2

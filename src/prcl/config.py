@@ -81,6 +81,9 @@ class LossConfig:
     weak_threshold: float = 0.7
     strong_threshold: float = 0.8
     un_threshold: float = 0.97
+    unsupervised_weighting: str = "image"
+    """How un_threshold weighs the pseudo-label loss: image (the authors': each image by its
+    fraction of confident pixels) | pixel (only the confident pixels count, as in FixMatch)"""
     temperature: float = 100.0
     num_queries: int = 256
     num_negatives: int = 512
@@ -120,6 +123,10 @@ class TrainConfig:
     """Optimiser steps per 'epoch'. The authors count ~2,000 images per GPU: 1,000 steps at
     batch 2. lambda_c ramps down per epoch; evaluation runs every eval_every epochs."""
     ema_alpha: float = 0.99
+    labelled_warmup_epochs: int = 0
+    """PRCL only: epochs at the start that train on the labelled batch alone (cross-entropy +
+    lambda_c * PRCL) before the teacher's pseudo-labels join, like U2PL's sup_only_epoch; the
+    teacher follows the student meanwhile. 0 is the authors' recipe."""
     eval_every: int = 5
     amp: str = "auto"
     """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""
@@ -158,6 +165,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.encoder": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem"),
     "data.dataset": ("voc", "cityscapes", "folder", "synthetic"),
     "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
+    "loss.unsupervised_weighting": ("image", "pixel"),
     "train.method": ("prcl", "supervised"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "eval.mode": ("whole", "sliding"),
@@ -338,3 +346,8 @@ def _check_choices(cfg: Config, source: str) -> None:
     low, high = cfg.data.scale_range
     if not 0 < low <= high:
         raise ConfigError(f"{source}: 'data.scale_range' must be [low, high] with 0 < low <= high")
+    if not 0 <= cfg.train.labelled_warmup_epochs <= cfg.train.epochs:
+        raise ConfigError(
+            f"{source}: 'train.labelled_warmup_epochs' must be between 0 and train.epochs "
+            f"({cfg.train.epochs}), got {cfg.train.labelled_warmup_epochs}"
+        )

@@ -50,9 +50,10 @@ class LabelledTransform:
     def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         images, labels = image[None], label[None]
         confidence = torch.ones(labels.shape, dtype=image.dtype)
-        batch = random_scale_crop(images, labels, confidence, self.crop_size, self.scale_range)
-        images, labels, _ = photometric(*batch)
-        return images[0], labels[0]
+        images, labels, _ = random_scale_crop(
+            images, labels, confidence, self.crop_size, self.scale_range, hflip=True
+        )
+        return photometric(images)[0], labels[0]
 
 
 class RandomCrop:

@@ -13,10 +13,17 @@ def ema_decay(step: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
+               buffers: bool = False) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, over parameters, after each
     optimiser step. BatchNorm statistics are not averaged: the teacher gathers its own while
-    it makes pseudo-labels in train mode, as in the authors' code."""
+    it makes pseudo-labels in train mode, as in the authors' code. With ``buffers`` (the
+    labelled warm-up, when the teacher sees no images) they are averaged the same way."""
     weight = 1.0 - ema_decay(step, alpha)
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+    pairs = zip(teacher.parameters(), student.parameters(), strict=True)
+    if buffers:
+        floating = [(t, s) for t, s in zip(teacher.buffers(), student.buffers(), strict=True)
+                    if t.is_floating_point()]
+        pairs = [*pairs, *floating]
+    for t, s in pairs:
         t.lerp_(s.detach(), weight)

@@ -84,26 +84,23 @@ def prcl_step_losses(
     with autocast:
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, images_u)
     images_u, pseudo_labels, confidence = random_scale_crop(
-        images_u, pseudo_labels, confidence, data.crop_size, data.scale_range, generator
+        images_u, pseudo_labels, confidence, data.crop_size, data.scale_range, generator,
+        hflip=True,
     )
     partner = partners(images_u, pseudo_labels, confidence) if partners else None
     images_u, pseudo_labels, confidence = mix(
         images_u, pseudo_labels, confidence, data.mix_mode, generator, partner
     )
-    images_u, pseudo_labels, confidence = photometric(
-        images_u, pseudo_labels, confidence, generator
-    )
+    images_u = photometric(images_u, generator)
 
     with autocast:
         out_l = student(normalize(images_l))
         out_u = student(normalize(images_u))
 
-    supervised = F.cross_entropy(
-        upsample(out_l.logits.float(), labels_l.shape[-2:]), labels_l, ignore_index=IGNORE_INDEX
-    )
+    supervised = labelled_ce(out_l.logits, labels_l)
     unsupervised = pseudo_label_ce(
         upsample(out_u.logits.float(), pseudo_labels.shape[-2:]), pseudo_labels, confidence,
-        cfg.loss.un_threshold,
+        cfg.loss.un_threshold, cfg.loss.unsupervised_weighting,
     )
     logits = torch.cat([out_l.logits, out_u.logits])
     taking_part = contrastive_labels(
@@ -120,14 +117,46 @@ def prcl_step_losses(
     return StepLosses(total, supervised, unsupervised, contrastive)
 
 
+def labelled_warmup_step_losses(
+    student: nn.Module,
+    images_l: Tensor,
+    labels_l: Tensor,
+    cfg: Config,
+    prcl_loss: PRCLLoss,
+    lambda_c: float,
+    generator: torch.Generator,
+    autocast: AbstractContextManager,
+) -> StepLosses:
+    """PRCL's step before the unlabelled batch joins (``train.labelled_warmup_epochs``): the
+    labelled half of METHOD.md 7.7, cross-entropy + lambda_c * PRCL on the labelled pixels;
+    the teacher makes no pseudo-labels. Shapes as in ``prcl_step_losses``."""
+    with autocast:
+        out = student(normalize(images_l))
+    supervised = labelled_ce(out.logits, labels_l)
+    no_pseudo_labels = labels_l[:0]
+    taking_part = contrastive_labels(
+        labels_l, no_pseudo_labels, no_pseudo_labels.float(), cfg.loss.weak_threshold,
+        out.logits.shape[-2:],
+    )
+    contrastive = prcl_loss(out.mu, out.var, taking_part, out.logits.detach().float().softmax(1),
+                            generator)
+    zero = supervised.detach() * 0
+    return StepLosses(supervised + lambda_c * contrastive, supervised, zero, contrastive)
+
+
 def supervised_step_losses(
     student: nn.Module, images_l: Tensor, labels_l: Tensor, autocast: AbstractContextManager
 ) -> StepLosses:
     """The labelled-only baseline: cross-entropy on the labelled batch, nothing else."""
     with autocast:
         out = student(normalize(images_l), representation=False)
-    supervised = F.cross_entropy(
-        upsample(out.logits.float(), labels_l.shape[-2:]), labels_l, ignore_index=IGNORE_INDEX
-    )
+    supervised = labelled_ce(out.logits, labels_l)
     zero = supervised.detach() * 0
     return StepLosses(supervised, supervised, zero, zero)
+
+
+def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """METHOD.md 7.7's supervised loss: cross-entropy of logits [B, C, h, w], brought to the
+    size of labels [B, H, W], over the labelled pixels (255 ignored)."""
+    logits = upsample(logits.float(), labels.shape[-2:])
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)

@@ -28,7 +28,12 @@ from prcl.engine.ema import ema_update
 from prcl.engine.loaders import endless_loader, sample_seed
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
-from prcl.engine.step import StepLosses, prcl_step_losses, supervised_step_losses
+from prcl.engine.step import (
+    StepLosses,
+    labelled_warmup_step_losses,
+    prcl_step_losses,
+    supervised_step_losses,
+)
 from prcl.errors import PrclError
 from prcl.evaluation import Scores, evaluate
 from prcl.losses import PRCLLoss
@@ -98,6 +103,7 @@ class Trainer:
         self.num_classes = self.data.num_classes
         self.semi = cfg.train.method == "prcl"
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
+        self.warmup_steps = cfg.train.labelled_warmup_epochs * cfg.train.steps_per_epoch
 
         self.student = self._build_network().to(self.rt.device)
         if self.semi:
@@ -167,16 +173,19 @@ class Trainer:
         if not self.semi:
             return labelled, None
         batch_u = d.unlabeled_batch_size or d.batch_size
+        unlabelled_steps = max(self.step - self.warmup_steps, 0)
         unlabelled = endless_loader(
             self.data.unlabelled, batch_u, sample_seed(self.cfg.train.seed, 3), rt.rank,
-            rt.world_size, self.step * batch_u, d.num_workers, pin,
+            rt.world_size, unlabelled_steps * batch_u, d.num_workers, pin,
         )
         return labelled, unlabelled
 
     def _next_batch(self, labelled: Any, unlabelled: Any) -> tuple[torch.Tensor, ...]:
-        """(images_l, labels_l, images_u or None) on the training device."""
+        """(images_l, labels_l, images_u or None) on the training device; no unlabelled
+        batch for the baseline or during the labelled warm-up."""
         images_l, labels_l = next(labelled)
-        images_u = None if unlabelled is None else next(unlabelled)
+        warming_up = self.step < self.warmup_steps
+        images_u = None if unlabelled is None or warming_up else next(unlabelled)
         return tuple(None if t is None else t.to(self.rt.device, non_blocking=True)
                      for t in (images_l, labels_l, images_u))
 
@@ -193,7 +202,12 @@ class Trainer:
         the loss or the gradients were not finite."""
         self.network.train()
         self.teacher.train()
-        if self.semi:
+        if self.semi and images_u is None:
+            losses = labelled_warmup_step_losses(
+                self.network, images_l, labels_l, self.cfg, self.prcl_loss, self.lambda_c(),
+                self.generator, self._autocast(),
+            )
+        elif self.semi:
             partners = None
             if self.rt.distributed and self.cfg.data.mix_across_ranks:
                 partners = distributed.gathered_partners
@@ -217,7 +231,8 @@ class Trainer:
         self.scheduler.step()
         self.head_scheduler.step()
         if self.semi:
-            ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha)
+            ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha,
+                       buffers=images_u is None)
         self.step += 1
         self.nonfinite_streak = 0
         return losses
