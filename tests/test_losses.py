@@ -99,6 +99,8 @@ def test_pseudo_label_ce_hand_value():
     # per pixel: only the two confident pixels (c00, c10) count, each with weight 1
     pixel = pseudo_label_ce(logits, pseudo, confidence, weighting="pixel")
     assert pixel.item() == pytest.approx((c00 + c10) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="pixel"):
+        pseudo_label_ce(logits, pseudo, confidence, weighting="box")
 
 
 def test_pseudo_label_ce_skips_zero_loss_pixels_and_empty_images():

@@ -32,12 +32,14 @@ def pseudo_label_ce(
     Returns:
         ``[]`` scalar loss.
     """
+    if weighting not in ("image", "pixel"):
+        raise ValueError(f"weighting '{weighting}': choose 'image' or 'pixel'")
     with torch.autocast(device_type=logits.device.type, enabled=False):
         ce = F.cross_entropy(
             logits.float(), pseudo_labels, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        confident = (confidence >= threshold) & (pseudo_labels != IGNORE_INDEX)
         if weighting == "pixel":
+            confident = (confidence >= threshold) & (pseudo_labels != IGNORE_INDEX)
             return torch.where(confident, ce, 0.0).sum() / confident.sum().clamp_min(1)
         num_valid = (pseudo_labels != IGNORE_INDEX).flatten(1).sum(1)
         num_confident = (confidence >= threshold).flatten(1).sum(1)
