@@ -6,7 +6,7 @@ colour jitter (p 0.8) and Gaussian blur (p 0.5). The PIL pipeline is the way the
 code does it: every image back to PIL, one at a time, then back to tensors. Rounds of the two
 alternate in one run so that a busy machine slows both alike.
 
-    python benchmarks/augment.py [--batch 16] [--sizes 321 128] [--seeds 8] [--repeats 4]
+    python benchmarks/augment.py [--batch 16] [--sizes 321 128] [--seeds 8] [--repeats 8]
                                  [--threads 2]
 """
 
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sizes", type=int, nargs="+", default=[321, 128])
     parser.add_argument("--seeds", type=int, default=8, help="rounds of random choices")
-    parser.add_argument("--repeats", type=int, default=4, help="timings per round")
+    parser.add_argument("--repeats", type=int, default=8, help="timings per round")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -94,6 +94,25 @@ def test_padding_is_reflected_in_the_image_and_ignored_in_label_and_confidence()
     assert (out_images.permute(0, 2, 3, 1)[padded].sum(-1) > 0).all()  # reflected, not zeros
 
 
+def test_padding_follows_the_flip():
+    images, labels, _ = drawn_batch(b=16, h=32, w=32)
+    labels.fill_(1)
+    _, out_labels, out_conf = random_scale_crop(
+        images, labels, encode(labels), 48, (0.5, 0.5), torch.Generator().manual_seed(0),
+        hflip=True,
+    )
+    steps = torch.arange(48)
+    below = steps[:, None] >= 16
+    on_the_right, on_the_left = below | (steps[None] >= 16), below | (steps[None] < 32)
+    sides = []
+    for i in range(16):
+        padded = out_labels[i] == IGNORE_INDEX
+        assert torch.equal(padded, on_the_right) or torch.equal(padded, on_the_left)
+        assert torch.equal(out_conf[i] == 0, padded)
+        sides.append(torch.equal(padded, on_the_left))
+    assert 0 < sum(sides) < 16
+
+
 def test_padding_mirrors_the_image_at_its_edge():
     images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(2, 20, 20, dtype=torch.long)
@@ -244,7 +263,7 @@ def test_jitter_keeps_gray_gray_when_only_hue_and_saturation_change():
 
 
 def test_blur_preserves_constant_images_and_smooths_noise():
-    flat = torch.full((8, 3, 16, 16), 0.3)
+    flat = torch.linspace(0.1, 0.9, 8).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous()
     torch.testing.assert_close(gaussian_blur(flat, torch.Generator().manual_seed(0)), flat)
     noise = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     out = gaussian_blur(noise, torch.Generator().manual_seed(2))
