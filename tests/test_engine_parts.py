@@ -26,15 +26,34 @@ def test_ema_decay_and_update_are_exact():
     assert torch.equal(teacher.weight, student.weight)
 
 
-def test_ema_averages_batchnorm_statistics_only_when_asked():
-    teacher, student = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
-    student.running_mean.fill_(4.0)
-    student.num_batches_tracked.fill_(7)
+def test_ema_averages_batchnorm_statistics_only_where_asked():
+    def net():
+        return torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2))
+
+    teacher, student = net(), net()
+    for bn in student:
+        bn.running_mean.fill_(4.0)
+        bn.num_batches_tracked.fill_(7)
     ema_update(teacher, student, step=1, alpha=0.99)
-    assert torch.equal(teacher.running_mean, torch.zeros(2))
-    ema_update(teacher, student, step=1, alpha=0.99, buffers=True)
-    assert torch.equal(teacher.running_mean, torch.full((2,), 2.0))
-    assert teacher.num_batches_tracked.item() == 0  # counters are not averaged
+    assert torch.equal(teacher[0].running_mean, torch.zeros(2))
+    ema_update(teacher, student, step=1, alpha=0.99, buffers=("1",))
+    assert torch.equal(teacher[0].running_mean, torch.zeros(2))
+    assert torch.equal(teacher[1].running_mean, torch.full((2,), 2.0))
+    ema_update(teacher, student, step=1, alpha=0.99, buffers=("",))
+    assert torch.equal(teacher[0].running_mean, torch.full((2,), 2.0))
+    assert torch.equal(teacher[1].running_mean, torch.full((2,), 3.0))
+    assert teacher[1].num_batches_tracked.item() == 0  # counters are not averaged
+
+
+def test_ema_of_mixed_dtypes_matches_lerp_per_tensor():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2).double())
+    student = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2).double())
+    expected = [t.detach().lerp(s.detach(), 0.25)
+                for t, s in zip(teacher.parameters(), student.parameters(), strict=True)]
+    ema_update(teacher, student, step=3, alpha=0.99)
+    for got, want in zip(teacher.parameters(), expected, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
 
 
 def test_ramp_down_follows_the_formula():

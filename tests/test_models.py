@@ -47,6 +47,46 @@ def test_dilation_matches_torchvision(name, output_stride):
             assert (m.stride, m.dilation, m.padding) == (ref.stride, ref.dilation, ref.padding), n
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_mobilenet_dilation_matches_torchvision(name):
+    reference = getattr(torchvision.models, name)(dilated=True).eval()
+    ours = build_encoder(name, 16).eval()
+    theirs = {n: m for n, m in reference.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    convs = [(n, m) for n, m in ours.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len(theirs)
+    for n, m in convs:
+        ref = theirs[n]
+        assert (m.stride, m.dilation, m.padding) == (ref.stride, ref.dilation, ref.padding), n
+    assert any(m.dilation == (2, 2) for _, m in convs)
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items()
+                          if not k.startswith("classifier.")})
+    images = torch.randn(1, 3, 80, 96)
+    with torch.no_grad():
+        assert torch.equal(ours(images)[1], reference.features(images))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_mobilenet_output_stride_8_dilates_the_last_two_stages(name):
+    encoder = build_encoder(name, 8)
+    dilations = {m.dilation[0] for m in encoder.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    strided = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)
+               and m.stride == (2, 2)]
+    assert dilations == {1, 2, 4}
+    assert len(strided) == 3  # stem, and the stride-4 and stride-8 stages
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_forward_backward_reaches_every_parameter(encoder):
+    torch.manual_seed(0)
+    model = build_model(encoder, num_classes=4, rep_dim=32, head_channels=32).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    (out.logits.square().mean() + out.mu.square().mean() + out.var.mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
 def test_without_representation_skips_mu_and_var():
     model = build_model("resnet18", num_classes=3).eval()
     out = model(torch.randn(1, 3, 32, 32), representation=False)
@@ -95,6 +135,22 @@ def test_loads_torchvision_state_dict_from_file(tmp_path):
     for key, value in reference.state_dict().items():
         if not key.startswith("fc."):
             assert torch.equal(ours[key], value), key
+
+
+def test_loads_torchvision_mobilenet_state_dict_from_file(tmp_path):
+    reference = torchvision.models.mobilenet_v3_small().eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_(0, 0.1)
+    path = tmp_path / "mobilenet_v3_small.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = build_encoder("mobilenet_v3_small", output_stride=8, weights=str(path)).eval()
+    ours = encoder.state_dict()
+    assert len(ours) == len([k for k in reference.state_dict() if k.startswith("features.")])
+    for key, value in ours.items():
+        assert torch.equal(value, reference.state_dict()[key]), key
+    with pytest.raises(CheckpointError, match="missing"):
+        build_encoder("mobilenet_v3_large", weights=str(path))
 
 
 def test_wrong_weights_file_names_file_and_keys(tmp_path):

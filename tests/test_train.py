@@ -104,6 +104,23 @@ def test_resume_continues_bitwise(cache, tmp_path, warmup):
         resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
 
 
+
+def test_teacher_heads_it_never_runs_carry_trained_statistics(cache, tmp_path):
+    trainer = Trainer(tiny(cache, tmp_path), progress=False)
+    trainer.fit()
+    for head in ("probability_head", "representation"):
+        teacher = trainer.teacher.get_submodule(head)
+        student = trainer.student.get_submodule(head)
+        norms = [(t, s) for t, s in zip(teacher.modules(), student.modules(), strict=True)
+                 if isinstance(t, torch.nn.BatchNorm2d)]
+        assert norms, head
+        for t, s in norms:
+            assert not torch.equal(t.running_mean, torch.zeros_like(t.running_mean)), head
+            assert not torch.equal(t.running_var, torch.ones_like(t.running_var)), head
+            # The EMA follows the student's statistics: closer to them than to the init.
+            assert (t.running_var - s.running_var).abs().mean() < (
+                (t.running_var - 1).abs().mean()), head
+
 def test_non_finite_guard_skips_counts_and_stops(cache, tmp_path, monkeypatch):
     cfg = tiny(cache, tmp_path, "train.max_nonfinite_steps=2", "train.epochs=4")
     trainer = Trainer(cfg, progress=False)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 @dataclass
 class ModelConfig:
     encoder: str = "resnet101"
-    """resnet18 | resnet34 | resnet50 | resnet101 | resnet101_deepstem"""
+    """resnet18 | resnet34 | resnet50 | resnet101 | resnet101_deepstem | mobilenet_v3_large |
+    mobilenet_v3_small"""
     output_stride: int = 16
     """16 (ASPP rates 6/12/18) or 8 (rates 12/24/36)."""
     pretrained: str | None = None
@@ -34,6 +37,8 @@ class ModelConfig:
     """Dimensions of the representation mu and of the variance sigma^2."""
     head_channels: int = 256
     """Width of the 3x3 conv in the classification and representation heads."""
+    aspp_channels: int = 256
+    """Width of each ASPP branch and of its output; the decoder feature has 48 more."""
 
 
 @dataclass
@@ -162,7 +167,8 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.encoder": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem"),
+    "model.encoder": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem",
+                      "mobilenet_v3_large", "mobilenet_v3_small"),
     "data.dataset": ("voc", "cityscapes", "folder", "synthetic"),
     "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
     "loss.unsupervised_weighting": ("image", "pixel"),
@@ -331,16 +337,75 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     )
 
 
+RANGES: dict[str, tuple[float, float, str]] = {
+    "model.rep_dim": (1, math.inf, "at least 1"),
+    "model.head_channels": (1, math.inf, "at least 1"),
+    "model.aspp_channels": (1, math.inf, "at least 1"),
+    "data.num_labels": (1, math.inf, "at least 1"),
+    "data.crop_size": (32, math.inf, "at least 32 (two stride-16 feature rows)"),
+    "data.batch_size": (1, math.inf, "at least 1"),
+    "data.num_workers": (0, math.inf, "0 or more"),
+    "data.synthetic.num_train": (2, math.inf, "at least 2"),
+    "data.synthetic.num_val": (1, math.inf, "at least 1"),
+    "data.synthetic.image_size": (32, math.inf, "at least 32"),
+    "loss.weak_threshold": (0, 1, "between 0 and 1"),
+    "loss.strong_threshold": (0, 1, "between 0 and 1"),
+    "loss.un_threshold": (0, 1, "between 0 and 1"),
+    "loss.temperature": (1e-12, math.inf, "above 0"),
+    "loss.num_queries": (1, math.inf, "at least 1"),
+    "loss.num_negatives": (1, math.inf, "at least 1"),
+    "ramp.max_value": (0, math.inf, "0 or more"),
+    "ramp.min_value": (0, math.inf, "0 or more"),
+    "ramp.max_epoch": (1, math.inf, "at least 1"),
+    "optim.lr": (1e-12, math.inf, "above 0"),
+    "optim.probability_head_lr": (1e-12, math.inf, "above 0"),
+    "optim.weight_decay": (0, math.inf, "0 or more"),
+    "optim.momentum": (0, 1 - 1e-12, "in [0, 1)"),
+    "optim.poly_power": (0, math.inf, "0 or more"),
+    "optim.min_lr": (0, math.inf, "0 or more"),
+    "optim.reference_batch_size": (1, math.inf, "at least 1"),
+    "train.epochs": (1, math.inf, "at least 1"),
+    "train.steps_per_epoch": (1, math.inf, "at least 1"),
+    "train.ema_alpha": (0, 1 - 1e-12, "in [0, 1)"),
+    "train.eval_every": (1, math.inf, "at least 1"),
+    "train.max_nonfinite_steps": (1, math.inf, "at least 1"),
+    "train.log_every": (1, math.inf, "at least 1"),
+    "eval.window": (32, math.inf, "at least 32"),
+    "eval.stride": (1, math.inf, "at least 1"),
+    "eval.batch_size": (1, math.inf, "at least 1"),
+}
+"""Allowed closed ranges [low, high] of numeric keys, and how the error says it."""
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def _value(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _check_choices(cfg: Config, source: str) -> None:
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _value(cfg, key)
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
                 f"{source}: '{key}' is '{value}'{hint} (choose from {', '.join(choices)})"
             )
+    for key, (low, high, allowed) in RANGES.items():
+        value = _value(cfg, key)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{source}: '{key}' is {value!r}; it must be {allowed}")
+    batch_u = cfg.data.unlabeled_batch_size
+    if batch_u is not None and batch_u < 1:
+        raise ConfigError(f"{source}: 'data.unlabeled_batch_size' is {batch_u}; it must be "
+                          "at least 1, or null for data.batch_size")
+    if not DEVICE.fullmatch(cfg.train.device):
+        raise ConfigError(f"{source}: 'train.device' is '{cfg.train.device}'; use auto, cpu, "
+                          "cuda, cuda:N or mps")
     if cfg.model.output_stride not in (8, 16):
         raise ConfigError(f"{source}: 'model.output_stride' must be 8 or 16")
     low, high = cfg.data.scale_range

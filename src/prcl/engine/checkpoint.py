@@ -17,7 +17,7 @@ import torch
 
 from prcl.config import Config, apply_overrides, config_from_dict, config_to_dict
 from prcl.errors import CheckpointError
-from prcl.models import DeepLabV3Plus, build_model
+from prcl.models import DeepLabV3Plus, model_from_config
 
 FORMAT = "prcl-checkpoint-1"
 
@@ -86,12 +86,6 @@ def model_from_checkpoint(
 ) -> tuple[DeepLabV3Plus, Config]:
     """The network stored under ``which`` (teacher | student) and the run's config."""
     cfg = checkpoint_config(ckpt)
-    model = build_model(
-        cfg.model.encoder,
-        ckpt["num_classes"],
-        cfg.model.output_stride,
-        rep_dim=cfg.model.rep_dim,
-        head_channels=cfg.model.head_channels,
-    )
+    model = model_from_config(cfg.model, ckpt["num_classes"], pretrained=False)
     model.load_state_dict(ckpt[which])
     return model, cfg

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+TEACHER_UNRUN = ("representation", "probability_head")
+"""The student's heads that the teacher never runs while training (it makes pseudo-labels
+from the classifier alone): their BatchNorm statistics come to the teacher by the EMA."""
 
 
 def ema_decay(step: int, alpha: float) -> float:
@@ -14,16 +20,24 @@ def ema_decay(step: int, alpha: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
-               buffers: bool = False) -> None:
+               buffers: Sequence[str] = ()) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, over parameters, after each
-    optimiser step. BatchNorm statistics are not averaged: the teacher gathers its own while
-    it makes pseudo-labels in train mode, as in the authors' code. With ``buffers`` (the
-    labelled warm-up, when the teacher sees no images) they are averaged the same way."""
+    optimiser step; one foreach call per dtype.
+
+    BatchNorm statistics are the teacher's own where it makes pseudo-labels in train mode, as
+    in the authors' code. ``buffers`` names submodules whose floating buffers are averaged the
+    same way: those the teacher never runs (``TEACHER_UNRUN``), and ``""`` (the whole
+    network) during the labelled warm-up, when the teacher sees no images."""
     weight = 1.0 - ema_decay(step, alpha)
-    pairs = zip(teacher.parameters(), student.parameters(), strict=True)
-    if buffers:
-        floating = [(t, s) for t, s in zip(teacher.buffers(), student.buffers(), strict=True)
-                    if t.is_floating_point()]
-        pairs = [*pairs, *floating]
+    pairs = list(zip(teacher.parameters(), student.parameters(), strict=True))
+    for name in buffers:
+        together = zip(teacher.get_submodule(name).buffers(),
+                       student.get_submodule(name).buffers(), strict=True)
+        pairs += [(t, s) for t, s in together if t.is_floating_point()]
+    by_dtype: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for t, s in pairs:
-        t.lerp_(s.detach(), weight)
+        targets, sources = by_dtype.setdefault(t.dtype, ([], []))
+        targets.append(t)
+        sources.append(s.detach())
+    for targets, sources in by_dtype.values():
+        torch._foreach_lerp_(targets, sources, weight)

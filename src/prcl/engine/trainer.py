@@ -24,7 +24,7 @@ from prcl.config import Config, save_config
 from prcl.data import build_datasets
 from prcl.engine import distributed
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
-from prcl.engine.ema import ema_update
+from prcl.engine.ema import TEACHER_UNRUN, ema_update
 from prcl.engine.loaders import endless_loader, sample_seed
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
@@ -37,7 +37,7 @@ from prcl.engine.step import (
 from prcl.errors import PrclError
 from prcl.evaluation import Scores, evaluate
 from prcl.losses import PRCLLoss
-from prcl.models import DeepLabV3Plus, build_model
+from prcl.models import model_from_config
 
 
 class TrainingDiverged(PrclError):
@@ -105,7 +105,7 @@ class Trainer:
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
         self.warmup_steps = cfg.train.labelled_warmup_epochs * cfg.train.steps_per_epoch
 
-        self.student = self._build_network().to(self.rt.device)
+        self.student = model_from_config(cfg.model, self.num_classes).to(self.rt.device)
         if self.semi:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         else:  # the baseline has no teacher: it is evaluated and saved as the student
@@ -148,11 +148,6 @@ class Trainer:
             self._load_state(state)
 
     # ----------------------------------------------------------------- set-up helpers
-    def _build_network(self) -> DeepLabV3Plus:
-        m = self.cfg.model
-        return build_model(m.encoder, self.num_classes, m.output_stride, m.pretrained,
-                           m.rep_dim, m.head_channels)
-
     def _sgd(self, params: list[nn.Parameter], lr: float) -> torch.optim.SGD:
         o = self.cfg.optim
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
@@ -232,7 +227,7 @@ class Trainer:
         self.head_scheduler.step()
         if self.semi:
             ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha,
-                       buffers=images_u is None)
+                       buffers=("",) if images_u is None else TEACHER_UNRUN)
         self.step += 1
         self.nonfinite_streak = 0
         return losses

@@ -1,13 +1,16 @@
-"""The PRCL network: DeepLabv3+ on a ResNet encoder with class, mean and variance heads."""
+"""The PRCL network: DeepLabv3+ on a ResNet or MobileNetV3 encoder with class, mean and variance
+heads."""
 
-from prcl.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model
+from prcl.models.deeplab import DeepLabV3Plus, SegmentationOutput, build_model, model_from_config
 from prcl.models.encoders import ENCODERS, ResNetEncoder, build_encoder, load_encoder_weights
+from prcl.models.mobilenet import MobileNetV3Encoder
 from prcl.models.official import convert_official_state_dict, load_official
 from prcl.models.probability_head import ProbabilityHead
 
 __all__ = [
     "ENCODERS",
     "DeepLabV3Plus",
+    "MobileNetV3Encoder",
     "ProbabilityHead",
     "ResNetEncoder",
     "SegmentationOutput",
@@ -16,4 +19,5 @@ __all__ = [
     "convert_official_state_dict",
     "load_encoder_weights",
     "load_official",
+    "model_from_config",
 ]

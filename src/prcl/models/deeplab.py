@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prcl.config import ModelConfig
 from prcl.models.aspp import ASPP, conv_bn_relu
-from prcl.models.encoders import ResNetEncoder, build_encoder
+from prcl.models.encoders import Encoder, build_encoder
 from prcl.models.probability_head import ProbabilityHead
 
 LOW_LEVEL_CHANNELS = 48
-ASPP_CHANNELS = 256
-FEATURE_CHANNELS = LOW_LEVEL_CHANNELS + ASPP_CHANNELS  # 304
 
 
 class SegmentationOutput(NamedTuple):
@@ -43,25 +42,28 @@ class DeepLabV3Plus(nn.Module):
     ``forward(images [B, 3, H, W], representation=True) -> SegmentationOutput``; images are
     normalised with ImageNet statistics (``prcl.data.normalize``). The decoder feature is
     layer1 projected to 48 channels concatenated with the ASPP output upsampled bilinearly
-    (align_corners=True) to layer1's size: 304 channels at stride 4. The classification head,
-    the representation head (mu) and the probability head (sigma^2) all read that feature.
+    (align_corners=True) to layer1's size: 48 + aspp_channels channels (304, the paper's) at
+    stride 4. The classification head, the representation head (mu) and the probability head
+    (sigma^2) all read that feature.
     """
 
     def __init__(
         self,
-        encoder: ResNetEncoder,
+        encoder: Encoder,
         num_classes: int,
         rep_dim: int = 256,
         head_channels: int = 256,
+        aspp_channels: int = 256,
     ) -> None:
         super().__init__()
         rates = (6, 12, 18) if encoder.output_stride == 16 else (12, 24, 36)
+        feature_channels = LOW_LEVEL_CHANNELS + aspp_channels
         self.encoder = encoder
-        self.aspp = ASPP(encoder.high_channels, rates, ASPP_CHANNELS)
+        self.aspp = ASPP(encoder.high_channels, rates, aspp_channels)
         self.low_level = conv_bn_relu(encoder.low_channels, LOW_LEVEL_CHANNELS)
-        self.classifier = head(FEATURE_CHANNELS, head_channels, num_classes)
-        self.representation = head(FEATURE_CHANNELS, head_channels, rep_dim)
-        self.probability_head = ProbabilityHead(FEATURE_CHANNELS, rep_dim)
+        self.classifier = head(feature_channels, head_channels, num_classes)
+        self.representation = head(feature_channels, head_channels, rep_dim)
+        self.probability_head = ProbabilityHead(feature_channels, rep_dim)
         self.num_classes = num_classes
 
     def forward(self, images: Tensor, representation: bool = True) -> SegmentationOutput:
@@ -94,9 +96,17 @@ def build_model(
     pretrained: str | None = None,
     rep_dim: int = 256,
     head_channels: int = 256,
+    aspp_channels: int = 256,
 ) -> DeepLabV3Plus:
     """DeepLabv3+ PRCL network. ``pretrained``: encoder weights (a local file, 'torchvision',
     or None for random initialisation); see ``build_encoder``."""
-    return DeepLabV3Plus(
-        build_encoder(encoder, output_stride, pretrained), num_classes, rep_dim, head_channels
-    )
+    return DeepLabV3Plus(build_encoder(encoder, output_stride, pretrained), num_classes, rep_dim,
+                         head_channels, aspp_channels)
+
+
+def model_from_config(m: ModelConfig, num_classes: int, pretrained: bool = True) -> DeepLabV3Plus:
+    """The network a config's ``model`` section describes; ``pretrained=False`` skips the
+    encoder weights (when a checkpoint's weights are loaded next)."""
+    return build_model(m.encoder, num_classes, m.output_stride,
+                       m.pretrained if pretrained else None, m.rep_dim, m.head_channels,
+                       m.aspp_channels)

@@ -1,4 +1,5 @@
-"""ResNet encoders for DeepLabv3+ (METHOD.md section 2), with local weight loading.
+"""Encoders for DeepLabv3+ (METHOD.md section 2), with local weight loading: the ResNets of
+the paper here, the lighter MobileNetV3s in ``prcl.models.mobilenet``.
 
 Every encoder returns two feature maps: ``low`` (layer1, stride 4) for the decoder and ``high``
 (layer4) for ASPP, at output stride 16 (layer4 dilated) or 8 (layer3 and layer4 dilated).
@@ -17,14 +18,18 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from prcl.errors import CheckpointError
+from prcl.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem",
+            *MOBILENETS)
 
 _TORCHVISION_WEIGHTS = {
     "resnet18": "ResNet18_Weights",
     "resnet34": "ResNet34_Weights",
     "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+    "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
 }
 
 
@@ -58,11 +63,17 @@ class ResNetEncoder(nn.Module):
         self.low_channels = 256 if bottleneck else 64
         self.high_channels = 2048 if bottleneck else 512
 
+    classifier_prefix = "fc."
+    """Keys of a torchvision checkpoint that the encoder drops (the ImageNet classifier)."""
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         low = self.layer1(x)
         high = self.layer4(self.layer3(self.layer2(low)))
         return low, high
+
+
+Encoder = ResNetEncoder | MobileNetV3Encoder
 
 
 def dilate_layer(layer: nn.Sequential, dilation: int, previous_dilation: int) -> None:
@@ -105,7 +116,7 @@ def _deep_stem_resnet101() -> torchvision.models.ResNet:
     return resnet
 
 
-def build_encoder(name: str, output_stride: int = 16, weights: str | None = None) -> ResNetEncoder:
+def build_encoder(name: str, output_stride: int = 16, weights: str | None = None) -> Encoder:
     """Build an encoder by name (``ENCODERS``).
 
     ``weights``: None (random init), a path to a local state dict in torchvision's format (or
@@ -114,28 +125,30 @@ def build_encoder(name: str, output_stride: int = 16, weights: str | None = None
     """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{name}'; choose from {', '.join(ENCODERS)}")
-    if name == "resnet101_deepstem":
-        resnet = _deep_stem_resnet101()
+    if name in MOBILENETS:
+        encoder = build_mobilenet(name, output_stride)
     else:
-        resnet = getattr(torchvision.models, name)()
+        resnet = _deep_stem_resnet101() if name == "resnet101_deepstem" else (
+            getattr(torchvision.models, name)())
+        encoder = ResNetEncoder(resnet, output_stride)
     if weights == "torchvision":
         if name not in _TORCHVISION_WEIGHTS:
             raise CheckpointError(
                 f"torchvision has no ImageNet weights for '{name}': give a local file instead"
             )
         enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name])
-        resnet.load_state_dict(enum.IMAGENET1K_V1.get_state_dict(progress=True))
-    encoder = ResNetEncoder(resnet, output_stride)
-    if weights not in (None, "torchvision"):
+        load_encoder_weights(encoder, enum.IMAGENET1K_V1.get_state_dict(progress=True))
+    elif weights is not None:
         load_encoder_weights(encoder, weights)
     return encoder
 
 
-def load_encoder_weights(encoder: ResNetEncoder, source: str | Path | Mapping[str, Tensor]) -> None:
+def load_encoder_weights(encoder: Encoder, source: str | Path | Mapping[str, Tensor]) -> None:
     """Load ImageNet weights into ``encoder`` from a file or a state dict.
 
     Accepts a plain state dict or one wrapped under ``state_dict``/``model``, with or without
-    a ``module.`` prefix; the classifier (``fc.*``) is dropped. Any other missing or
+    a ``module.`` prefix; the classifier (``fc.*``, or ``classifier.*`` for MobileNetV3) is
+    dropped. Any other missing or
     unexpected key, or a shape that does not fit, raises ``CheckpointError`` naming the file
     and the first offending keys.
     """
@@ -145,7 +158,7 @@ def load_encoder_weights(encoder: ResNetEncoder, source: str | Path | Mapping[st
         if isinstance(state.get(wrapper), Mapping):
             state = dict(state[wrapper])
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(encoder.classifier_prefix)}
     expected = encoder.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
