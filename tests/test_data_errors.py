@@ -131,6 +131,19 @@ def test_cityscapes_values_that_are_not_label_ids(tmp_path):
     assert str(mask) in str(info.value)
 
 
+def test_cityscapes_instance_ids_where_label_ids_belong_are_named(tmp_path):
+    image = write_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
+    instance_ids = np.array([[26003, 26004], [7, 24001]], np.uint16)  # 16-bit, as shipped
+    mask = tmp_path / "x_gtFine_labelIds.png"
+    Image.fromarray(instance_ids).save(mask)
+    sample = Sample("x", image, mask, lut=label_id_lut(), lut_name="labelIds")
+    expected = r"instanceIds\.png standing where \*_labelIds\.png"
+    with pytest.raises(DataError, match=expected) as info:
+        load_pair(sample, 19)
+    message = str(info.value)
+    assert str(mask) in message and "26004" in message and "instance ids" in message
+
+
 def test_folder_problems(tmp_path):
     (tmp_path / "images" / "train").mkdir(parents=True)
     write_png(tmp_path / "images" / "train" / "a.png", np.zeros((4, 4, 3), np.uint8))

@@ -1,5 +1,6 @@
 """The batched unlabelled pipeline and the per-sample transforms (METHOD.md 7.3-7.5)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,16 +114,24 @@ def test_padding_follows_the_flip():
     assert 0 < sum(sides) < 16
 
 
-def test_padding_mirrors_the_image_at_its_edge():
+def test_padding_reflects_without_repeating_the_edge_pixel():
     images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(2, 20, 20, dtype=torch.long)
     out, out_labels, _ = random_scale_crop(images, labels, labels.float(), 24, (1.0, 1.0))
-    torch.testing.assert_close(out[:, :, :20, :20], images, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out[:, :, :20, 20:], images[:, :, :, 16:].flip(-1), atol=1e-5,
-                               rtol=0)
-    torch.testing.assert_close(out[:, :, 20:, :20], images[:, :, 16:].flip(-2), atol=1e-5,
-                               rtol=0)
+    reference = F.pad(images, (0, 4, 0, 4), mode="reflect")  # torch's and numpy's 'reflect'
+    expected = np.pad(images.numpy(), ((0, 0), (0, 0), (0, 4), (0, 4)), mode="reflect")
+    assert np.array_equal(reference.numpy(), expected)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
+    assert (out[:, :, :20, 20] - images[:, :, :, 19]).abs().amax() > 0.1  # edge not repeated
     assert torch.all(out_labels[:, 20:] == IGNORE_INDEX) and torch.all(out_labels[:, :20, :20] == 0)
+
+
+def test_padding_wider_than_the_image_keeps_reflecting():
+    images = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 3, 5, 5).contiguous() / 4
+    labels = torch.zeros(1, 5, 5, dtype=torch.long)
+    out = random_scale_crop(images, labels, labels.float(), 13, (1.0, 1.0))[0]
+    row = (out[0, 0, 0] * 4).round().long().tolist()
+    assert row == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4]
 
 
 def test_ignore_only_where_it_was_or_padded():

@@ -45,8 +45,8 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A label mask's stored class indices as uint8 [H, W] (palette PNGs give their indices)."""
+def read_mask_values(path: str | Path) -> np.ndarray:
+    """A single-channel mask's stored integers [H, W] as they are (16-bit PNGs included)."""
     path = Path(path)
     img = _open(path, "mask")
     if img.mode not in _INDEX_MODES:
@@ -55,8 +55,12 @@ def read_mask(path: str | Path) -> np.ndarray:
             "grayscale or palette PNG (pixel value = class index, 255 = ignore)"
         )
     array = np.asarray(img)
-    if array.dtype == bool:
-        return array.astype(np.uint8)
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label mask's stored class indices as uint8 [H, W] (palette PNGs give their indices)."""
+    array = read_mask_values(path)
     if array.max(initial=0) > 255 or array.min(initial=0) < 0:
         raise DataError(
             f"{path}: mask values exceed 0-255; store class indices 0-254 and 255 as ignore"

@@ -15,8 +15,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prcl.data.io import check_mask_values, check_same_size, read_image, read_mask
+from prcl.data.io import (
+    check_mask_values,
+    check_same_size,
+    read_image,
+    read_mask,
+    read_mask_values,
+)
 from prcl.errors import DataError
+
+INSTANCE_ID_FACTOR = 1000
+"""Cityscapes instance ids are class id x 1000 + instance number (cityscapesScripts)."""
 
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ImageTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -37,13 +46,22 @@ def load_label(sample: Sample, num_classes: int) -> np.ndarray:
     """The sample's mask as class indices, uint8 [H, W] (255 ignore), every value checked."""
     if sample.mask is None:
         raise DataError(f"image {sample.image} has no mask; a labelled image needs one")
-    mask = read_mask(sample.mask)
-    if sample.lut is not None:
-        mapped = sample.lut[mask]
+    if sample.lut is None:
+        mask = read_mask(sample.mask)
+    else:
+        values = read_mask_values(sample.mask).astype(np.int64)
+        known = (values >= 0) & (values < len(sample.lut))
+        mapped = np.where(known, sample.lut[np.where(known, values, 0)], -1)
         if (mapped < 0).any():
-            bad = ", ".join(str(v) for v in np.unique(mask[mapped < 0])[:8])
+            bad = np.unique(values[mapped < 0])
+            shown = ", ".join(str(v) for v in bad[:8])
+            hint = ""
+            if bad.max() >= INSTANCE_ID_FACTOR:
+                hint = (f" Values like {bad.max()} are instance ids (class x 1000 + instance): "
+                        f"this looks like an *_instanceIds.png standing where "
+                        f"*_{sample.lut_name}.png belongs.")
             raise DataError(
-                f"{sample.mask}: values {bad} are not valid {sample.lut_name}; use the "
+                f"{sample.mask}: values {shown} are not valid {sample.lut_name}.{hint} Use the "
                 f"unmodified *_{sample.lut_name}.png files"
             )
         mask = mapped.astype(np.uint8)

@@ -3,8 +3,9 @@
 Every function takes a batch and draws one set of random choices per image from an optional
 ``torch.Generator`` living on the batch's device, so the same generator state gives the same
 batch. No PIL and no per-image arithmetic: geometry is ``grid_sample`` on one grid (image
-bilinear; labels and confidence nearest), mixing is masks built by broadcasting, colour
-jitter is one batched 3x3 colour matrix, blur is a separable depthwise convolution.
+bilinear, antialiased when shrinking; labels and confidence nearest), mixing is masks built
+by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue shift, blur is a
+separable depthwise convolution.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
 confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
@@ -48,6 +49,11 @@ def _randint(high: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.minimum((u * high).long(), high - 1)
 
 
+def _random_orders(n: int, k: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """[n, k] int64: n uniformly random permutations of range(k), on like's device."""
+    return torch.rand(n, k, generator=generator, device=like.device).argsort(dim=1)
+
+
 def _bernoulli(n: int, p: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """[n] booleans, each True with probability p."""
     return torch.rand(n, generator=generator, device=like.device) < p
@@ -56,11 +62,34 @@ def _bernoulli(n: int, p: float, like: Tensor, generator: torch.Generator | None
 # --- 7.3 geometry ---------------------------------------------------------------------------
 
 
-def _reflect(coord: Tensor, size: int) -> Tensor:
-    """Coordinates in pixel units whose 0 and size are the image's edges, mirrored at the
-    edges into [0, size] (reflection padding, repeated for any distance)."""
-    folded = coord.remainder(2 * size)
-    return torch.where(folded > size, 2 * size - folded, folded)
+def _reflect_index(index: Tensor, size: Tensor) -> Tensor:
+    """Pixel indices >= 0 [B, n] folded into [0, size) [B, 1] as reflection padding does
+    (torch's and numpy's ``reflect``: the edge pixel is not repeated), for any distance."""
+    period = (2 * size - 2).clamp(min=1)
+    folded = index.remainder(period)
+    return torch.where(folded >= size, period - folded, folded)
+
+
+def _antialiased(images: Tensor, scaled_h: list[int], scaled_w: list[int],
+                 shrunk: list[bool]) -> Tensor:
+    """images [B, 3, H, W] with each shrunk image replaced, in its top-left corner, by its
+    resize to scaled_h[i] x scaled_w[i] with an antialiasing filter (``F.interpolate(...,
+    antialias=True)``: PIL's bilinear, whose triangle filter widens by 1 / scale when
+    shrinking). Bilinear sampling alone would alias there."""
+    out = images.clone()
+    for i, (h, w, small) in enumerate(zip(scaled_h, scaled_w, shrunk, strict=True)):
+        if small:
+            out[i, :, :h, :w] = F.interpolate(images[i:i + 1], size=(h, w), mode="bilinear",
+                                              antialias=True, align_corners=False)[0]
+    return out
+
+
+def _grid(src_y: Tensor, src_x: Tensor, h: int, w: int) -> Tensor:
+    """Source positions in pixel units, rows [B, n] and columns [B, n], as ``grid_sample``'s
+    [B, n, n, 2] grid of an [h, w] source (align_corners=False)."""
+    b, n = src_y.shape
+    return torch.stack(((2.0 * src_x / w - 1.0)[:, None, :].expand(b, n, n),
+                        (2.0 * src_y / h - 1.0)[:, :, None].expand(b, n, n)), dim=-1)
 
 
 def _fill_padding(maps: Tensor, fill: float, valid_rows: list[int], valid_cols: list[int],
@@ -100,13 +129,16 @@ def random_scale_crop(
     """Random scale, pad to the crop size and random crop, one transform per image (METHOD 7.3),
     and with ``hflip`` the horizontal flip of 7.5 (p 0.5 per image).
 
-    Each image is rescaled by s ~ U(scale_range) to floor(s * H) x floor(s * W), padded on the
-    right and bottom up to crop_size when smaller (image: reflection; label: 255;
-    confidence: 0), cropped at a random offset and, with hflip, mirrored; image, label and
-    confidence share the transform. Done by ``grid_sample`` on one grid: the image bilinear,
-    label and confidence nearest (the source pixel that contains the point), their padding
-    then written by slices. The flip only reverses the crop's column order, so it costs
-    nothing here.
+    Each image is rescaled by s ~ U(scale_range) to floor(s * H) x floor(s * W) (the image
+    bilinear, antialiased when shrinking, as PIL's resize; label and confidence nearest),
+    padded on the right and bottom up to crop_size when smaller (image: reflection without
+    repeating the edge pixel; label: 255; confidence: 0), cropped at a random offset and,
+    with hflip, mirrored; image, label and confidence share the transform. One
+    ``grid_sample`` per tensor does it all, at the scaled pixels' centres: for the image from
+    the source (growing) or from its antialiased resize (shrinking), for label and confidence
+    from the source by nearest neighbour (the source pixel that contains the centre), their
+    padding then written by slices. The flip only reverses the crop's column order, so it
+    costs nothing here.
 
     METHOD 7.5 flips after mixing; flipping here instead is the same flip per image, except
     that the pixels an image takes from its mixing partner carry the partner's coin rather
@@ -121,29 +153,32 @@ def random_scale_crop(
     scaled_w = (scale * w).floor().clamp(min=1).long()
     top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
     left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
-    steps = torch.arange(crop_size, device=images.device)
-    rows = top[:, None] + steps[None]  # [B, crop]: row in the scaled, padded image
-    cols = left[:, None] + steps[None]
     flip = (_bernoulli(b, FLIP_P, images, generator) if hflip
             else torch.zeros(b, dtype=torch.bool, device=images.device))
+    steps = torch.arange(crop_size, device=images.device)
+    # Pixels of the scaled image that the crop shows, padding reflected back into it.
+    rows = _reflect_index(top[:, None] + steps[None], scaled_h[:, None])  # [B, crop]
+    cols = _reflect_index(left[:, None] + steps[None], scaled_w[:, None])
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    # Pixel centres of the crop in the source image, in units of source pixels.
-    src_y = (rows + 0.5) * (h / scaled_h[:, None])
-    src_x = (cols + 0.5) * (w / scaled_w[:, None])
-    # Reflection padding, done on the (separable) coordinates: grid_sample's own is slower.
-    grid = torch.stack(
-        (
-            (2.0 * _reflect(src_x, w) / w - 1.0)[:, None, :].expand(b, crop_size, crop_size),
-            (2.0 * _reflect(src_y, h) / h - 1.0)[:, :, None].expand(b, crop_size, crop_size),
-        ),
-        dim=-1,
-    )
-    out_images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear",
+    shrunk = scale < 1.0
+    # One host read for everything the per-image work below needs.
+    sizes = torch.stack((scaled_h, scaled_w, (scaled_h - top).clamp(max=crop_size),
+                         (scaled_w - left).clamp(max=crop_size), flip.long(),
+                         shrunk.long())).tolist()
+    fy, fx = (h / scaled_h)[:, None], (w / scaled_w)[:, None]  # source pixels per scaled pixel
+    source_grid = _grid((rows + 0.5) * fy, (cols + 0.5) * fx, h, w)
+    if any(sizes[5]):
+        grow = ~shrunk[:, None]
+        image_grid = _grid((rows + 0.5) * torch.where(grow, fy, 1.0),
+                           (cols + 0.5) * torch.where(grow, fx, 1.0), h, w)
+        source = _antialiased(images, sizes[0], sizes[1], [bool(s) for s in sizes[5]])
+    else:
+        image_grid, source = source_grid, images
+    out_images = F.grid_sample(source, image_grid.to(images.dtype), mode="bilinear",
                                padding_mode="border", align_corners=False)
-    padding = ((scaled_h - top).clamp(max=crop_size).tolist(),
-               (scaled_w - left).clamp(max=crop_size).tolist(), flip.tolist())
-    out_labels = _sample_nearest(labels, grid, IGNORE_INDEX, padding)
-    out_confidence = _sample_nearest(confidence, grid, 0.0, padding)
+    padding = (sizes[2], sizes[3], [bool(f) for f in sizes[4]])
+    out_labels = _sample_nearest(labels, source_grid, IGNORE_INDEX, padding)
+    out_confidence = _sample_nearest(confidence, source_grid, 0.0, padding)
     return out_images, out_labels, out_confidence
 
 
@@ -253,63 +288,85 @@ def _paste_from_next(keep: Tensor, own: Tensor) -> Tensor:
 
 
 _LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601 luma, PIL's grayscale: the gray that contrast and saturation blend with."""
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+_HSV_OFFSETS = (5.0, 3.0, 1.0)
+"""Where red, green and blue sit on the hexagon of hues, in sixths of a turn (for HSV -> RGB)."""
 
 
-def _hue_basis() -> Tensor:
-    """[3, 3, 3] matrices with basis[0] + cos(a) basis[1] + sin(a) basis[2] = the RGB map that
-    rotates the chroma plane (I, Q of YIQ) by the angle a and keeps luma (Y)."""
-    to_yiq = torch.tensor([_LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          dtype=torch.float64)
-    parts = torch.zeros(3, 3, 3, dtype=torch.float64)
-    parts[0, 0, 0] = 1.0
-    parts[1, 1, 1] = parts[1, 2, 2] = 1.0
-    parts[2, 1, 2], parts[2, 2, 1] = -1.0, 1.0
-    return (torch.linalg.inv(to_yiq) @ parts @ to_yiq).float()
+def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
+    """Shift each image's hue by shift[i] of a turn in HSV, keeping saturation and value: what
+    ``torchvision.transforms.functional.adjust_hue`` does to one image, batched.
+
+    The hue is the position on the hexagon of the maximum (value) and minimum channels; the
+    shifted colour keeps both and takes its channels from the hexagon at the new position:
+    channel k = value - chroma * clamp(min(q_k, 4 - q_k), 0, 1), q_k = (o_k + 6 h) mod 6.
+    Gray pixels (chroma 0) stay as they are. images [N, 3, H, W] in [0, 1], shift [N] ->
+    [N, 3, H, W].
+    """
+    low, high = torch.aminmax(images, dim=1, keepdim=True)
+    chroma = high - low
+    r, g, b = images.split(1, dim=1)
+    hue = torch.where(high == r, g - b,
+                      torch.where(high == g, b - r + 2.0 * chroma, r - g + 4.0 * chroma))
+    hue = hue.div_(torch.where(chroma > 0, chroma, 1.0))  # sixths of a turn, in (-1, 5]
+    hue = hue.add_(6.0 * shift.view(-1, 1, 1, 1).to(hue.dtype))
+    offsets = torch.tensor(_HSV_OFFSETS, device=images.device, dtype=images.dtype)
+    q = hue.add(offsets.view(1, 3, 1, 1)).remainder_(6.0)
+    ramp = torch.minimum(q, 4.0 - q).clamp_(0.0, 1.0)
+    return high - chroma * ramp
 
 
-_HUE_BASIS = _hue_basis()
-
-
-def _hue_matrix(shift: Tensor) -> Tensor:
-    """[B] hue shifts (fractions of a turn) -> [B, 3, 3] chroma rotations."""
-    basis = _HUE_BASIS.to(shift.device)
-    angle = (2.0 * math.pi * shift)[:, None, None]
-    return basis[0] + angle.cos() * basis[1] + angle.sin() * basis[2]
-
-
-def _saturation_matrix(factor: Tensor) -> Tensor:
-    """[B] factors -> [B, 3, 3] colour matrices blending each pixel with its luma."""
-    luma = torch.tensor(_LUMA, device=factor.device)
-    f = factor.view(-1, 1, 1)
-    return f * torch.eye(3, device=factor.device) + (1.0 - f) * luma.expand(3, 3)
+def _linear_jitter(images: Tensor, op: Tensor, factor: Tensor) -> Tensor:
+    """Brightness, contrast or saturation per image, as torchvision's, in one batched product:
+    image i gets op[i] (BRIGHTNESS, CONTRAST, SATURATION; anything else leaves it as it is)
+    with factor[i], then [0, 1] clamping. Brightness scales; contrast blends with the image's
+    mean gray; saturation blends each pixel with its gray. images [B, 3, H, W] -> new."""
+    b, c, h, w = images.shape
+    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype)
+    f = torch.where((op >= BRIGHTNESS) & (op <= SATURATION), factor, 1.0).view(b, 1, 1)
+    matrix = f * torch.eye(c, device=images.device, dtype=images.dtype)
+    to_gray = torch.where((op == SATURATION).view(b, 1, 1), 1.0 - f, 0.0) * luma.expand(c, c)
+    mean_gray = torch.einsum("bchw,c->b", images, luma) / (h * w)
+    offset = torch.where(op == CONTRAST, (1.0 - f.view(b)) * mean_gray, 0.0)
+    out = torch.baddbmm(offset.view(b, 1, 1).expand(b, c, 1), matrix + to_gray,
+                        images.reshape(b, c, h * w))
+    return out.clamp_(0.0, 1.0).view(b, c, h, w)
 
 
 def color_jitter(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Colour jitter with probability 0.8 per image (METHOD 7.5).
-
-    Brightness, contrast and saturation factors ~ U[0.75, 1.25] and a hue shift ~ U[-0.25,
-    0.25] of a turn. The four steps are linear in the colour, so they are composed into one
-    3x3 matrix and offset per image and applied in a single batched product, clamped to [0, 1]
-    once at the end: brightness scales, contrast blends with the image's mean luma,
-    saturation blends each pixel with its luma, and the hue shift rotates the chroma plane
-    (I, Q of YIQ) about the gray axis. images [B, 3, H, W] -> [B, 3, H, W].
+    """Colour jitter with probability 0.8 per image (METHOD 7.5), as torchvision's
+    ``ColorJitter(0.25, 0.25, 0.25, 0.25)`` jitters each image in the authors' code:
+    brightness, contrast and saturation factors ~ U[0.75, 1.25] and a hue shift ~ U[-0.25,
+    0.25] of a turn in HSV, the four in a random order drawn per image (``jitter_in_order``).
+    images [B, 3, H, W] -> [B, 3, H, W].
     """
-    b, c, h, w = images.shape
+    b = images.shape[0]
     apply = _bernoulli(b, JITTER_P, images, generator)
-    brightness, contrast, saturation = (
-        _uniform(b, *JITTER_RANGE, images, generator) for _ in range(3)
-    )
+    factors = torch.stack([_uniform(b, *JITTER_RANGE, images, generator) for _ in range(3)], 1)
     hue = _uniform(b, *HUE_RANGE, images, generator)
-    luma = torch.tensor(_LUMA, device=images.device)
-    mean_luma = torch.einsum("bchw,c->b", images.float(), luma) / (h * w)
-    matrix = _hue_matrix(hue) @ _saturation_matrix(saturation)
-    matrix = (contrast * brightness).view(b, 1, 1) * matrix
-    offset = ((1.0 - contrast) * brightness * mean_luma).view(b, 1, 1).expand(b, c, 1)
-    matrix = torch.where(apply.view(b, 1, 1), matrix, torch.eye(c, device=images.device))
-    offset = torch.where(apply.view(b, 1, 1), offset, 0.0)
-    flat = images.reshape(b, c, h * w)
-    out = torch.baddbmm(offset.to(images.dtype), matrix.to(images.dtype), flat)
-    return out.clamp_(0.0, 1.0).view(b, c, h, w)
+    order = _random_orders(b, 4, images, generator)
+    return jitter_in_order(images, torch.where(apply[:, None], order, -1), factors, hue)
+
+
+def jitter_in_order(images: Tensor, order: Tensor, factors: Tensor, hue: Tensor) -> Tensor:
+    """Image i goes through the steps order[i] (BRIGHTNESS, CONTRAST, SATURATION or HUE; -1
+    skips a position) with its brightness, contrast and saturation factors[i] and hue shift
+    hue[i], each step as torchvision's, clamped to [0, 1]. At each of the four positions one
+    batched product applies every image's linear step there (``_linear_jitter``), and
+    ``adjust_hue`` runs on the images whose hue shift comes there.
+
+    images [B, 3, H, W], order [B, 4] int64, factors [B, 3], hue [B] -> [B, 3, H, W].
+    """
+    out = images
+    for position in range(4):
+        op = order[:, position]
+        factor = factors.gather(1, op.clamp(0, 2)[:, None])[:, 0]
+        out = _linear_jitter(out, op, factor)
+        shifted = (op == HUE).nonzero().squeeze(1)
+        if shifted.numel():
+            out[shifted] = adjust_hue(out[shifted], hue[shifted])
+    return out
 
 
 def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
