@@ -1,14 +1,17 @@
 """The demo's comparison repeated over seeds: supervised baseline vs PRCL on the built-in
-dataset, 1/16 of the labels, the same labelled subset, steps and labelled batch for both.
-Each seed changes the labelled subset, the initialisation and the data order.
+dataset, the same labelled subset, steps and labelled batch for both, at the demo's budget
+(or a multiple of it). Each seed changes the labelled subset, the initialisation and the data
+order. ``--all-labelled`` adds the upper bound: the baseline with every training image
+labelled, on the same steps.
 
-    .venv/bin/python benchmarks/synthetic.py [--seeds 0 1 2] [--epochs-factor 4] [--jobs 1]
-                                             [KEY=VALUE ...]
+    .venv/bin/python benchmarks/synthetic.py [--seeds 0 1 2] [--epochs-factor 1] [--jobs 1]
+                                             [--all-labelled] [KEY=VALUE ...]
 
 Prints one line per run and the mean and standard deviation of the final mIoU per method.
-With ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads:
-on a 2-core machine two one-thread runs finish sooner than one two-thread run after another.
-A run's numbers depend on its thread count, so compare tables made with the same --jobs.
+With ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads. A
+run's numbers depend on its thread count (the order of floating-point sums), so compare
+tables made with the same --jobs; ``--jobs 1`` on a 2-core machine runs each with 2 threads,
+as ``make demo`` does.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import torch
 
 from prcl.config import load_config
 from prcl.engine import train
-
-METHODS = ("supervised", "prcl")
 
 
 def run(method: str, seed: int, overrides: list[str],
@@ -44,8 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="overrides of the synthetic config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs-factor", type=float, default=4.0,
-                        help="train this many times the demo's epochs (default 4)")
+    parser.add_argument("--epochs-factor", type=float, default=1.0,
+                        help="train this many times the demo's epochs (default 1)")
+    parser.add_argument("--all-labelled", action="store_true",
+                        help="also train the baseline with every training image labelled")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, in processes")
     parser.add_argument("--out", default="runs/benchmark-synthetic")
     args = parser.parse_args()
@@ -53,39 +56,49 @@ def main() -> None:
     base = load_config("synthetic", args.overrides)
     epochs = round(base.train.epochs * args.epochs_factor)
     warmup = round(base.train.labelled_warmup_epochs * args.epochs_factor)
-    runs = [(method, seed, [
-        *args.overrides, f"train.epochs={epochs}", f"ramp.max_epoch={epochs}",
+    every_image = base.data.synthetic.num_train
+    rows = {"supervised": ("supervised", []), "prcl": ("prcl", [])}
+    if args.all_labelled:
+        rows[f"supervised, all {every_image} labelled"] = (
+            "supervised", [f"data.num_labels={every_image}"])
+    runs = [(row, seed, [
+        *args.overrides, *extra, f"train.epochs={epochs}", f"ramp.max_epoch={epochs}",
         f"train.eval_every={epochs}", f"train.labelled_warmup_epochs={warmup}",
-        f"train.out_dir={args.out}/{method}-seed{seed}",
-    ]) for method in reversed(METHODS) for seed in args.seeds]  # the slower PRCL runs first
+        f"train.out_dir={args.out}/{method}{'-all' if extra else ''}-seed{seed}",
+    ]) for row, (method, extra) in sorted(rows.items(), key=lambda r: r[1][0] != "prcl")
+        for seed in args.seeds]  # the slower PRCL runs first
     miou: dict[tuple[str, int], float] = {}
 
-    def report(method: str, seed: int, outcome: tuple[float, int, float]) -> None:
-        miou[method, seed] = outcome[0]
-        print(f"seed {seed}  {method:<10}  mIoU {outcome[0]:5.1f}  ({outcome[1]} steps, "
+    def report(row: str, seed: int, outcome: tuple[float, int, float]) -> None:
+        miou[row, seed] = outcome[0]
+        print(f"seed {seed}  {row:<10}  mIoU {outcome[0]:5.1f}  ({outcome[1]} steps, "
               f"{outcome[2]:.0f} s)", flush=True)
 
     if args.jobs == 1:
-        for method, seed, overrides in runs:
-            report(method, seed, run(method, seed, overrides, None))
+        for row, seed, overrides in runs:
+            report(row, seed, run(rows[row][0], seed, overrides, None))
     else:
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
-            futures = {pool.submit(run, method, seed, overrides, threads): (method, seed)
-                       for method, seed, overrides in runs}
+            futures = {pool.submit(run, rows[row][0], seed, overrides, threads): (row, seed)
+                       for row, seed, overrides in runs}
             for future in as_completed(futures):
                 report(*futures[future], future.result())
-    results = {m: [miou[m, seed] for seed in args.seeds] for m in METHODS}
     warmup_note = f" (PRCL: the first {warmup} on labels only)" if warmup else ""
     print(f"\n{len(args.seeds)} seeds, {epochs} epochs x {base.train.steps_per_epoch} steps"
           f"{warmup_note}, {base.data.num_labels} labelled images\n")
-    print("| method | mIoU mean | std | runs |\n|---|---:|---:|---|")
-    for method in METHODS:
-        values = results[method]
+    print("| method | mIoU mean | std | min | seeds " + ", ".join(map(str, args.seeds)) + " |")
+    print("|---|---:|---:|---:|---|")
+    for row in rows:
+        values = [miou[row, seed] for seed in args.seeds]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         listed = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {method} | {statistics.mean(values):.1f} | {std:.1f} | {listed} |")
+        print(f"| {row} | {statistics.mean(values):.1f} | {std:.1f} | {min(values):.1f} | "
+              f"{listed} |")
+    gains = [miou["prcl", s] - miou["supervised", s] for s in args.seeds]
+    print(f"\nPRCL - supervised per seed: {', '.join(f'{g:+.1f}' for g in gains)} "
+          f"(mean {statistics.mean(gains):+.1f}, smallest {min(gains):+.1f})")
 
 
 if __name__ == "__main__":
