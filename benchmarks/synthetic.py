@@ -37,7 +37,7 @@ def run(method: str, seed: int, overrides: list[str],
     cfg = load_config("synthetic", [*overrides, f"train.method={method}", f"train.seed={seed}",
                                     f"data.split_seed={seed}"])
     started = time.perf_counter()
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, overwrite=True)
     return result.last_miou * 100, result.steps, time.perf_counter() - started
 
 

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -250,3 +251,30 @@ def test_convert_official_command_round_trip(tmp_path, capsys):
         assert torch.allclose(model.eval()(images).logits, net(images)[0], atol=1e-4)
     assert main(["convert-official", str(tmp_path / "nope.pth"), str(dst)]) == 2
     assert "nope.pth does not exist" in capsys.readouterr().err
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["PRCL_TEST_MARKER"]),))
+
+
+@pytest.mark.parametrize("reader", ["checkpoint", "official", "weights"])
+def test_a_crafted_file_runs_no_code_when_read(tmp_path, monkeypatch, reader):
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("PRCL_TEST_MARKER", str(marker))
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"format": "prcl-checkpoint-1", "ema": {}, "uncer_head": {}, "x": _RunsCode()},
+               crafted)
+    read = {"checkpoint": load_checkpoint, "official": load_official,
+            "weights": lambda p: build_encoder("resnet18", weights=str(p))}[reader]
+    with pytest.raises(CheckpointError, match="besides tensors and plain data") as info:
+        read(crafted)
+    assert str(crafted) in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_folder_given_as_checkpoint_says_what_is_inside(tmp_path):
+    (tmp_path / "last.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is a folder; give the checkpoint file itself "
+                                              r"\(last\.pth inside\)"):
+        load_checkpoint(tmp_path)

@@ -121,6 +121,7 @@ def test_teacher_heads_it_never_runs_carry_trained_statistics(cache, tmp_path):
             assert (t.running_var - s.running_var).abs().mean() < (
                 (t.running_var - 1).abs().mean()), head
 
+
 def test_non_finite_guard_skips_counts_and_stops(cache, tmp_path, monkeypatch):
     cfg = tiny(cache, tmp_path, "train.max_nonfinite_steps=2", "train.epochs=4")
     trainer = Trainer(cfg, progress=False)

@@ -68,12 +68,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
                    help="config file or built-in name, then overrides")
     p.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue the run that wrote this last.pth (its config is used; "
-                   "overrides still apply)")
+                   help="continue the run that wrote this last.pth, in that file's folder "
+                   "(its config is used; overrides still apply, train.out_dir too)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds another run: its files are deleted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from prcl.config import load_config
     from prcl.engine.checkpoint import checkpoint_config, load_checkpoint
     from prcl.engine.trainer import train
@@ -84,10 +88,12 @@ def _run_train(args: argparse.Namespace) -> int:
         if name is not None:
             raise PrclError("with --resume the run's own config is used: give only overrides")
         resume = load_checkpoint(args.resume)
+        if not any(o.startswith("train.out_dir=") for o in overrides):
+            overrides = [*overrides, f"train.out_dir={Path(args.resume).parent}"]
         cfg = checkpoint_config(resume, overrides)
     else:
         cfg = load_config(name, overrides)
-    result = train(cfg, resume=resume, progress=not args.no_progress)
+    result = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.rank == 0:
         print(f"{cfg.train.method}  mIoU {result.last_miou * 100:.1f}  (best "
               f"{result.best_miou * 100:.1f}, {result.steps} steps, {result.skipped_steps} "
@@ -265,8 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``KEY=VALUE`` overrides allowed on either side of options
+    (argparse alone stops a positional list at the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    listed = "config" if hasattr(args, "config") else "overrides"
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, listed)]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        getattr(args, listed).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     run = COMMANDS[args.command][1]
     try:
         return run(args)

@@ -22,14 +22,15 @@ METHODS = ("supervised", "prcl")
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
              progress: bool = True) -> dict[str, TrainResult]:
     """Train both methods, print ``supervised  mIoU x`` and ``prcl  mIoU y`` (percent, the
-    final networks on the whole validation set) and write ``<out_dir>/demo.png``."""
+    final networks on the whole validation set) and write ``<out_dir>/demo.png``. The runs'
+    folders under ``out_dir`` are the demo's own: a new demo replaces them."""
     out = Path(out_dir)
     results = {}
     for method in METHODS:
         cfg = load_config("synthetic", [*overrides, f"train.method={method}",
                                         f"train.out_dir={out / method}"])
         started = time.perf_counter()
-        results[method] = train(cfg, progress=progress)
+        results[method] = train(cfg, progress=progress, overwrite=True)
         print(f"{method}: {results[method].steps} steps in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     for method in METHODS:

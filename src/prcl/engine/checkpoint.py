@@ -17,6 +17,7 @@ import torch
 
 from prcl.config import Config, apply_overrides, config_from_dict, config_to_dict
 from prcl.errors import CheckpointError
+from prcl.files import read_pth
 from prcl.models import DeepLabV3Plus, model_from_config
 
 FORMAT = "prcl-checkpoint-1"
@@ -59,14 +60,10 @@ def make_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a prcl checkpoint; a missing, unreadable or foreign file raises CheckpointError."""
+    """Read a prcl checkpoint as data (``read_pth``); a missing, unreadable or foreign file
+    raises CheckpointError."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+    ckpt = read_pth(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = ""
         if isinstance(ckpt, dict) and {"ema", "uncer_head"} <= set(ckpt):

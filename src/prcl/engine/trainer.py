@@ -26,6 +26,7 @@ from prcl.engine import distributed
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
 from prcl.engine.loaders import endless_loader, sample_seed
+from prcl.engine.run_folder import hold_run_folder
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
 from prcl.engine.step import (
@@ -88,17 +89,21 @@ class Trainer:
     """Build everything a run needs from a ``Config``; ``fit()`` trains.
 
     ``resume``: a checkpoint written by an earlier run (``last.pth``); training continues
-    exactly where it stopped. Under torchrun, each process builds its own Trainer.
+    exactly where it stopped. A new run refuses a folder that holds another run's files
+    unless ``overwrite`` (then they are deleted first); see ``prcl.engine.run_folder``. Under
+    torchrun, each process builds its own Trainer.
     """
 
     def __init__(self, cfg: Config, resume: str | Path | dict[str, Any] | None = None,
-                 runtime: distributed.Runtime | None = None, progress: bool = True) -> None:
+                 runtime: distributed.Runtime | None = None, progress: bool = True,
+                 overwrite: bool = False) -> None:
         state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
         self.cfg = cfg
         self.rt = runtime or distributed.setup_runtime(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic, self.rt.device)
         self.run_dir = Path(cfg.train.out_dir)
         self.progress = progress and self.rt.is_main
+        self.overwrite = overwrite
         self.data = build_datasets(cfg.data)
         self.num_classes = self.data.num_classes
         self.semi = cfg.train.method == "prcl"
@@ -266,7 +271,14 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def fit(self, max_steps: int | None = None) -> TrainResult:
         """Train until ``train.epochs * train.steps_per_epoch`` steps (or ``max_steps``),
-        evaluating every ``train.eval_every`` epochs and at the end."""
+        evaluating every ``train.eval_every`` epochs and at the end. The main process holds
+        the run folder meanwhile (``hold_run_folder``)."""
+        if not self.rt.is_main:
+            return self._fit(max_steps)
+        with hold_run_folder(self.run_dir, fresh=self.step == 0, overwrite=self.overwrite):
+            return self._fit(max_steps)
+
+    def _fit(self, max_steps: int | None) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         stop = min(self.total_steps, max_steps) if max_steps is not None else self.total_steps
         eval_period = cfg.train.eval_every * cfg.train.steps_per_epoch
@@ -401,11 +413,12 @@ class Trainer:
 
 
 def train(cfg: Config, resume: str | Path | dict[str, Any] | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train from a config (or continue a run from its ``last.pth``). Under torchrun the
-    process group is closed at the end."""
+          progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train from a config (or continue a run from its ``last.pth``); ``overwrite`` lets a
+    new run delete an old run's files in its folder. Under torchrun the process group is
+    closed at the end."""
     try:
-        return Trainer(cfg, resume=resume, progress=progress).fit()
+        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from prcl.errors import CheckpointError
+from prcl.files import read_pth
 from prcl.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem",
@@ -184,13 +184,7 @@ def load_encoder_weights(encoder: Encoder, source: str | Path | Mapping[str, Ten
 
 
 def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
+    state = read_pth(path, "weights file")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
     return dict(state)

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from prcl.errors import CheckpointError
+from prcl.files import read_pth
 from prcl.models.deeplab import DeepLabV3Plus, build_model
 
 _PREFIXES = (
@@ -76,13 +76,7 @@ def load_official(
     """
     if isinstance(path_or_dict, str | Path):
         path = Path(path_or_dict)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-        source = str(path)
+        checkpoint, source = read_pth(path), str(path)
     else:
         checkpoint, source = path_or_dict, "the given checkpoint"
     try:

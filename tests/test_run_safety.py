@@ -1,0 +1,76 @@
+"""Runs never destroy work: the run folder's rules, resume's folder, interrupts."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from test_train import tiny
+
+from prcl.cli import main
+from prcl.engine import train
+from prcl.engine.checkpoint import load_checkpoint
+from prcl.engine.run_folder import LOCK, RunFolderError, hold_run_folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_new_run_refuses_a_folder_holding_a_run(cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(cache, run), progress=False)
+    before = snapshot(run)
+    args = ["train", "synthetic", *tiny_overrides(cache, run), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} already holds a run" in err
+    assert "--resume" in err and "--overwrite" in err and "step 4, best mIoU" in err
+    assert snapshot(run) == before
+    assert main([*args, "train.epochs=1", "--overwrite"]) == 0
+    assert load_checkpoint(run / "last.pth")["training"]["step"] == 2
+    assert not (run / LOCK).exists()
+
+
+def tiny_overrides(cache, out):
+    from test_train import TINY
+    return [*TINY, f"data.root={cache}", f"train.out_dir={out}"]
+
+
+def test_a_live_run_holds_its_folder_and_a_dead_ones_lock_is_stale(tmp_path):
+    in_use = rf"in use by another run \(pid {os.getpid()}"
+    with (hold_run_folder(tmp_path, fresh=True), pytest.raises(RunFolderError, match=in_use),
+          hold_run_folder(tmp_path, fresh=True)):
+        pass
+    assert not (tmp_path / LOCK).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / LOCK).write_text(f"{dead} {socket.gethostname()}")
+    (tmp_path / ".last.pth.abc123.tmp").write_bytes(b"half a checkpoint")
+    with hold_run_folder(tmp_path, fresh=True):
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+        assert not (tmp_path / ".last.pth.abc123.tmp").exists()
+
+
+def test_resume_continues_in_the_checkpoints_own_folder(cache, tmp_path):
+    original = tmp_path / "original"
+    train(tiny(cache, original, "train.epochs=1"), progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = snapshot(original)
+    assert main(["train", "--resume", str(copy / "last.pth"), "train.epochs=2",
+                 "--no-progress"]) == 0
+    assert snapshot(original) == before
+    assert (copy / "last.pth").read_bytes() != before["last.pth"]
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["train", "--resume", str(copy / "last.pth"), "train.epochs=3",
+                 f"train.out_dir={elsewhere}", "--no-progress"]) == 0
+    assert load_checkpoint(elsewhere / "last.pth")["training"]["step"] == 6
