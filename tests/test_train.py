@@ -135,12 +135,41 @@ def test_non_finite_guard_skips_counts_and_stops(cache, tmp_path, monkeypatch):
         return losses._replace(total=losses.total * float("nan"))
 
     monkeypatch.setattr(trainer_module, "prcl_step_losses", poisoned)
-    with pytest.raises(TrainingDiverged, match="probability-head learning rate"):
+    with pytest.raises(TrainingDiverged, match=r"0\.06 for the network \(optim\.lr\)"):
         trainer.fit()
     assert trainer.skipped_steps == 2 and trainer.step == 4
     assert (tmp_path / "last.pth").read_bytes() == good
     now = trainer.student.state_dict()
     assert all(torch.equal(weights[k], now[k]) for k in weights if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("lr", ["1e3", "1e6"])
+def test_a_diverging_run_stops_and_writes_no_broken_checkpoint(cache, tmp_path, lr):
+    cfg = tiny(cache, tmp_path, f"optim.lr={lr}", "train.epochs=10", "train.eval_every=1",
+               "train.max_nonfinite_steps=3")
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert f"{float(lr):.3g} for the network (optim.lr)" in message
+    for name in ("last.pth", "best.pth"):
+        if (tmp_path / name).exists():
+            ckpt = load_checkpoint(tmp_path / name)
+            for which in ("student", "teacher"):
+                assert all(torch.isfinite(v).all() for v in ckpt[which].values()
+                           if v.is_floating_point()), (name, which)
+            assert f"The last good checkpoint is {tmp_path / 'last.pth'}" in message
+
+
+def test_weights_that_are_not_finite_are_never_saved(cache, tmp_path):
+    trainer = Trainer(tiny(cache, tmp_path), progress=False)
+    trainer.fit(max_steps=2)
+    good = (tmp_path / "last.pth").read_bytes()
+    with torch.no_grad():
+        trainer.teacher.classifier[-1].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"1 weight tensors are no longer finite \(first: "
+                                               r"classifier\.3\.weight\), so last\.pth was not"):
+        trainer.save("last.pth")
+    assert (tmp_path / "last.pth").read_bytes() == good
 
 
 def test_evaluate_command_matches_an_independent_confusion_matrix(cache, tmp_path, capsys):

@@ -42,7 +42,14 @@ from prcl.models import model_from_config
 
 
 class TrainingDiverged(PrclError):
-    """Too many consecutive steps whose loss or gradients were not finite."""
+    """Too many consecutive steps whose loss or gradients were not finite (or whose loss
+    exploded), or weights that are no longer finite: no checkpoint is written from them."""
+
+
+MAX_LOSS = 1e4
+"""A finite loss above this is divergence: cross-entropies of a working network stay within
+a few tens and the PRCL loss near ln(1 + num_negatives); an exploding one passes 1e4 steps
+before its weights turn into NaN."""
 
 
 @dataclass
@@ -220,7 +227,7 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.head_optimizer.zero_grad(set_to_none=True)
-        if not self._all_finite(losses.total):
+        if not self._loss_usable(losses.total):
             return self._skip()
         self.scaler.scale(losses.total).backward()
         if not self.scaler.is_enabled() and not self._gradients_finite():
@@ -237,11 +244,12 @@ class Trainer:
         self.nonfinite_streak = 0
         return losses
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).float()
+    def _loss_usable(self, loss: torch.Tensor) -> bool:
+        """Finite and below ``MAX_LOSS`` on every rank."""
+        usable = (torch.isfinite(loss.detach()) & (loss.detach().abs() < MAX_LOSS)).float()
         if self.rt.distributed:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())
+            torch.distributed.all_reduce(usable, op=torch.distributed.ReduceOp.MIN)
+        return bool(usable.item())
 
     def _gradients_finite(self) -> bool:
         norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), float("inf"))
@@ -256,15 +264,10 @@ class Trainer:
         self.scheduler.step()
         self.head_scheduler.step()
         if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
-            last = self.run_dir / "last.pth"
-            kept = f" The last good checkpoint is {last}." if last.is_file() else ""
             raise TrainingDiverged(
                 f"stopped at step {self.step}: {self.nonfinite_streak} consecutive steps had a "
-                "non-finite loss or gradient. The usual cause is a probability-head learning "
-                f"rate that is too large (optim.probability_head_lr = "
-                f"{self.head_optimizer.param_groups[0]['initial_lr']:.3g} after scaling; the "
-                "authors use 5e-5 and warn that training crashes when it is too large): lower "
-                f"it, or lower optim.lr.{kept}"
+                f"non-finite or exploding (above {MAX_LOSS:g}) loss or gradient. "
+                f"{self._rates_advice()}"
             )
         return None
 
@@ -359,9 +362,29 @@ class Trainer:
                                training)
 
     def save(self, name: str) -> Path:
-        """Write a checkpoint atomically (call on every rank: rank 0 writes)."""
+        """Write a checkpoint atomically (call on every rank: rank 0 writes). Weights that are
+        not finite are never written: the run stops instead, and the checkpoints already on
+        disk stay the last good ones."""
         ckpt = self.checkpoint()
+        broken = [k for which in ("student", "teacher") for k, v in ckpt[which].items()
+                  if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise TrainingDiverged(
+                f"stopped at step {self.step}: {len(broken)} weight tensors are no longer finite "
+                f"(first: {broken[0]}), so {name} was not written. {self._rates_advice()}"
+            )
         return atomic_save(ckpt, self.run_dir / name) if self.rt.is_main else self.run_dir / name
+
+    def _rates_advice(self) -> str:
+        """The learning rates this run actually used, and the last good checkpoint if any."""
+        lr = self.optimizer.param_groups[0]["initial_lr"]
+        head_lr = self.head_optimizer.param_groups[0]["initial_lr"]
+        scaled = f" (after linear scaling x{self.lr_factor:g})" if self.lr_factor != 1 else ""
+        last = self.run_dir / "last.pth"
+        kept = f" The last good checkpoint is {last}." if last.is_file() else ""
+        return (f"The learning rates were {lr:.3g} for the network (optim.lr) and {head_lr:.3g} "
+                f"for the probability head (optim.probability_head_lr){scaled}: lower the one "
+                f"that is too large, most often optim.lr.{kept}")
 
     def _load_state(self, ckpt: dict[str, Any]) -> None:
         training = ckpt.get("training")

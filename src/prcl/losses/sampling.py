@@ -45,6 +45,9 @@ def negative_class_probs(
         proto_mu[anchor_classes, None], proto_mu[None, counted],
         proto_var[anchor_classes, None], proto_var[None, counted],
     )
+    # Non-finite prototypes (a diverging network) would stop torch.multinomial with an error;
+    # scored as equals instead, they let the loss come out NaN for the trainer's guard to see.
+    sim = torch.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
     same = anchor_classes[:, None] == counted[None, :]
     return torch.softmax((sim / temperature).masked_fill(same, float("-inf")), dim=1)
 
