@@ -1,5 +1,8 @@
 """The built-in synthetic dataset: design, determinism, the cache and its atomic writing."""
 
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -102,3 +105,14 @@ def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
     image, label = bundle.labelled[0]
     assert image.shape == (3, 32, 32) and label.dtype == torch.int64
     assert bundle.val_ids == ["val_00000", "val_00001", "val_00002"]
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = tmp_path / f".{cache_name(TINY)}-{dead}-x1y2"
+    (abandoned / "JPEGImages").mkdir(parents=True)
+    live = tmp_path / f".{cache_name(TINY)}-{os.getpid()}-z3"  # a build still running
+    live.mkdir()
+    ensure_synthetic(TINY, tmp_path)
+    assert not abandoned.exists() and live.exists()

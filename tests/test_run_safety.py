@@ -2,9 +2,11 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from test_train import tiny
@@ -74,3 +76,26 @@ def test_resume_continues_in_the_checkpoints_own_folder(cache, tmp_path):
     assert main(["train", "--resume", str(copy / "last.pth"), "train.epochs=3",
                  f"train.out_dir={elsewhere}", "--no-progress"]) == 0
     assert load_checkpoint(elsewhere / "last.pth")["training"]["step"] == 6
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_saves_the_step_reached_and_ends_in_one_line(cache, tmp_path, signal_name,
+                                                               code):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "prcl", "train", "synthetic",
+               *tiny_overrides(cache, run), "train.epochs=500", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and '"train"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert err.count("\n") == 1 and f"stopped by {signal_name} after step" in err
+    step = int(err.split("after step ")[1].split(";")[0])
+    assert load_checkpoint(run / "last.pth")["training"]["step"] == step
+    assert f"--resume {run / 'last.pth'}" in err
+    assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()

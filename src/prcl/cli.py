@@ -292,4 +292,4 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PrclError as exc:
         print(f"prcl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)

@@ -30,6 +30,7 @@ from PIL import Image
 from prcl.config import SyntheticConfig
 from prcl.data.io import IGNORE_INDEX
 from prcl.data.voc import LIST_FOLDER
+from prcl.processes import process_alive
 
 GENERATOR_VERSION = 2
 SHAPES = ("disc", "ring")
@@ -166,18 +167,28 @@ def _write(folder: Path, cfg: SyntheticConfig) -> None:
     (folder / "class_names.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))
 
 
+def _remove_abandoned(base: Path, name: str) -> None:
+    """Delete the temporary folders of builds whose process is gone (killed mid-build)."""
+    for tmp in base.glob(f".{name}-*-*"):
+        pid = tmp.name.removeprefix(f".{name}-").split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_synthetic(cfg: SyntheticConfig, root: str | Path = "") -> Path:
     """The dataset's folder under root (default: the cache dir), generated on first use.
 
     Generation writes into a temporary sibling folder and renames it into place, so an
-    interrupted run leaves no half-written dataset behind.
+    interrupted run leaves no half-written dataset behind; one killed outright leaves its
+    temporary folder, which the next build removes.
     """
     base = Path(root).expanduser() if root else default_cache_dir()
     folder = base / cache_name(cfg)
     if folder.is_dir():
         return folder
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=base))
+    _remove_abandoned(base, folder.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-{os.getpid()}-", dir=base))
     try:
         _write(tmp, cfg)
         try:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prcl.errors import PrclError
+from prcl.processes import process_alive
 
 RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "tensorboard")
 """What a run writes into its folder."""
@@ -120,12 +121,4 @@ def _just_made(lock: Path, seconds: float = 10.0) -> bool:
 
 def _alive(pid: int, host: str) -> bool:
     """Whether the process may still run: on another host we cannot tell, so yes."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or process_alive(pid)

@@ -25,6 +25,7 @@ from prcl.data import build_datasets
 from prcl.engine import distributed
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
+from prcl.engine.interrupts import EXIT_CODES, Interrupted, StopRequest, catch_stop_signals
 from prcl.engine.loaders import endless_loader, sample_seed
 from prcl.engine.run_folder import hold_run_folder
 from prcl.engine.run_log import RunLog
@@ -293,24 +294,47 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc=cfg.train.method)
         started, started_step = time.perf_counter(), self.step
-        try:
-            while self.step < stop:
-                losses = self.train_step(*self._next_batch(labelled, unlabelled))
-                bar.update(1)
-                log_now = self.step % cfg.train.log_every == 0 or self.step == stop
-                if losses is not None and log_now:
-                    rate = (self.step - started_step) / (time.perf_counter() - started)
-                    self._log_step(losses, rate, bar)
-                if self.step % eval_period == 0 or self.step == self.total_steps:
-                    self.evaluate_and_save()
-        finally:
-            bar.close()
-            self.log.close()
+        with catch_stop_signals() as stop_request:
+            try:
+                while self.step < stop:
+                    losses = self.train_step(*self._next_batch(labelled, unlabelled))
+                    bar.update(1)
+                    log_now = self.step % cfg.train.log_every == 0 or self.step == stop
+                    if losses is not None and log_now:
+                        rate = (self.step - started_step) / (time.perf_counter() - started)
+                        self._log_step(losses, rate, bar)
+                    if self.step % eval_period == 0 or self.step == self.total_steps:
+                        self.evaluate_and_save()
+                    if self._stop_requested(stop_request, log_now):
+                        self._stop_on_signal(stop_request.signal_name or "SIGTERM")
+            finally:
+                bar.close()
+                self.log.close()
         if self.step == stop and self.step % eval_period and self.step != self.total_steps:
             self._sync_buffers()
             self.save("last.pth")
         return TrainResult(self.run_dir, self.step, self.best_miou, self.last_miou,
                            self.skipped_steps, rt.rank)
+
+    def _stop_requested(self, request: StopRequest, log_step: bool) -> bool:
+        """Whether a stop signal arrived; with several processes they agree at log steps (one
+        all-reduce), so that all stop after the same step."""
+        if not self.rt.distributed:
+            return bool(request)
+        if not log_step:
+            return False
+        flag = torch.tensor([float(bool(request))], device=self.rt.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop_on_signal(self, name: str) -> None:
+        """Save ``last.pth`` at the step reached and end the run with one line."""
+        self._sync_buffers()
+        path = self.save("last.pth")
+        raise Interrupted(
+            f"stopped by {name} after step {self.step}; {path} holds it: continue with "
+            f"`prcl train --resume {path}`", EXIT_CODES.get(name, 1),
+        )
 
     def evaluate_and_save(self) -> Scores:
         """Evaluate the teacher (the student for the supervised baseline) in eval mode on the
