@@ -199,6 +199,30 @@ def test_evaluate_command_matches_an_independent_confusion_matrix(cache, tmp_pat
     assert f"{scores['miou'] * 100:7.2f}" in printed
 
 
+def test_evaluate_checks_the_classes_and_needs_no_training_split(cache, tmp_path, capsys):
+    train(tiny(cache, tmp_path, "train.epochs=1"), progress=False)
+    ckpt = str(tmp_path / "last.pth")
+    assert main(["evaluate", ckpt, "data.num_labels=100000"]) == 0
+    capsys.readouterr()
+    folder = tmp_path / "three"
+    (folder / "classes.txt").parent.mkdir()
+    (folder / "classes.txt").write_text("sky\nroad\ncar\n")
+    for split in ("train", "val"):
+        for sub in ("images", "masks"):
+            (folder / sub / split).mkdir(parents=True)
+        Image.new("RGB", (40, 40)).save(folder / "images" / split / "x.png")
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "masks" / split / "x.png")
+    assert main(["evaluate", ckpt, "data.dataset=folder", f"data.root={folder}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"predicts {len(CLASS_NAMES)} classes ({', '.join(CLASS_NAMES)})" in err
+    assert "the dataset has 3 (sky, road, car)" in err
+    assert main(["evaluate", ckpt, "--json", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert main(["evaluate", ckpt, "--json", str(tmp_path / "last.pth" / "x.json")]) == 2
+    assert "cannot make its folder" in capsys.readouterr().err
+
+
 def test_predict_writes_mask_overlay_and_uncertainty(cache, tmp_path, capsys):
     cfg = tiny(cache, tmp_path, "train.epochs=1")
     train(cfg, progress=False)

@@ -121,26 +121,50 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from prcl.data import build_datasets
+    from prcl.data import build_val_dataset
     from prcl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from prcl.engine.distributed import select_device
     from prcl.evaluation import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(ckpt, args.overrides)
+    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
+    _check_writable(out, "--json")
     model, _ = model_from_checkpoint(ckpt, args.which)
+    val, class_names = build_val_dataset(cfg.data)
+    trained = ckpt.get("class_names") or [str(c) for c in range(ckpt["num_classes"])]
+    if len(class_names) != ckpt["num_classes"]:
+        raise PrclError(
+            f"{args.checkpoint} predicts {ckpt['num_classes']} classes ({', '.join(trained)}) "
+            f"but the dataset has {len(class_names)} ({', '.join(class_names)}); evaluate it on "
+            "the kind of data it was trained on (data.dataset=..., data.root=...)"
+        )
+    if class_names != trained:
+        print(f"note: the dataset names its classes {', '.join(class_names)}; the checkpoint "
+              f"was trained with {', '.join(trained)}", file=sys.stderr)
     device = select_device(cfg.train.device)
-    val = build_datasets(cfg.data).val
     scores = evaluate(model.to(device), val, ckpt["num_classes"], cfg.eval, device,
                       num_workers=min(cfg.data.num_workers, 2))
-    print(scores.table(ckpt.get("class_names")))
-    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
+    print(scores.table(class_names))
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
                                "miou": scores.miou, "iou": scores.iou,
-                               "class_names": ckpt.get("class_names"),
+                               "class_names": class_names,
                                "images": len(val), "eval": vars(cfg.eval)}, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _check_writable(path, option: str) -> None:
+    """Refuse, before any work, a path that cannot be written (a folder, no permission)."""
+    if path.is_dir():
+        raise PrclError(f"{option} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrclError(f"{option} {path}: cannot make its folder ({exc.strerror})") from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise PrclError(f"{option} {path} cannot be written: {target} is not writable")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

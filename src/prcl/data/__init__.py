@@ -4,7 +4,7 @@ Images are float32 in [0, 1] ([3, H, W] per sample, [B, 3, H, W] batched), label
 ([H, W] / [B, H, W]) with 255 = ignore, confidence float32 in [0, 1].
 """
 
-from prcl.data.build import DataBundle, build_datasets, open_layout, resolve
+from prcl.data.build import DataBundle, build_datasets, build_val_dataset, open_layout, resolve
 from prcl.data.io import IGNORE_INDEX, read_image, read_mask
 from prcl.data.problems import DataProblems
 from prcl.data.samples import ImageDataset, LabelledDataset, Sample, load_pair
@@ -26,6 +26,7 @@ __all__ = [
     "Sample",
     "Split",
     "build_datasets",
+    "build_val_dataset",
     "classmix_mask",
     "denormalize",
     "ensure_synthetic",

@@ -139,6 +139,21 @@ def resolve(cfg: DataConfig) -> Resolved:
     return out
 
 
+def build_val_dataset(cfg: DataConfig) -> tuple[LabelledDataset, list[str]]:
+    """Only cfg's validation set and class names (what ``prcl evaluate`` reads): no split is
+    drawn, so data.num_labels need not fit the training set. Raises DataError listing every
+    missing file."""
+    layout = open_layout(cfg)
+    val_ids = layout.val_ids()
+    problems = files_problems(val_ids, "val", layout.sample, need_mask=True)
+    if not val_ids:
+        problems.append(f"{layout.root}: no validation images found")
+    if problems:
+        raise DataProblems(problems, "run `prcl check-data` for the full report")
+    samples = [layout.sample(i, "val") for i in val_ids]
+    return LabelledDataset(samples, len(layout.class_names)), list(layout.class_names)
+
+
 def build_datasets(cfg: DataConfig) -> DataBundle:
     """The labelled, unlabelled and validation datasets of cfg (METHOD.md 1, 7.5).
 
