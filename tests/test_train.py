@@ -241,6 +241,30 @@ def test_predict_writes_mask_overlay_and_uncertainty(cache, tmp_path, capsys):
     assert "wrote 6 files for 2 images" in capsys.readouterr().out
 
 
+def test_predict_keeps_every_output_and_skips_a_bad_image(cache, tmp_path, capsys):
+    train(tiny(cache, tmp_path, "train.epochs=1"), progress=False)
+    for folder, name in (("a", "same.jpg"), ("a", "same.png"), ("b", "same.jpg"),
+                         ("b", "other.png")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.new("RGB", (30, 20), (90, 20, 200)).save(tmp_path / folder / name)
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    code = main(["predict", str(tmp_path / "last.pth"), str(tmp_path / "a"),
+                 str(tmp_path / "b"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "wrote 12 files for 4 images" in captured.out
+    assert "skipped" in captured.err and "broken.jpg" in captured.err
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 12
+    assert {n.rsplit("_", 1)[0] for n in names} == {"a__same.jpg", "a__same.png",
+                                                     "b__same.jpg", "other"}
+    (tmp_path / "file").write_text("")
+    assert main(["predict", str(tmp_path / "last.pth"), str(tmp_path / "a"), "--out",
+                 str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "no_such_config"]) == 2
     assert "config 'no_such_config' not found" in capsys.readouterr().err

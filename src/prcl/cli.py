@@ -184,9 +184,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from prcl.predict import predict_files
 
-    written = predict_files(args.checkpoint, args.images, args.out, args.which)
+    written, failed = predict_files(args.checkpoint, args.images, args.out, args.which)
     print(f"wrote {len(written)} files for {len(written) // 3} images to {args.out}")
-    return 0
+    for line in failed:
+        print(f"prcl predict: skipped {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

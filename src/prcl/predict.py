@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,19 +33,48 @@ def expand_images(inputs: list[str | Path]) -> list[Path]:
     return found
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """A distinct file-name stem per image: its own stem, or, where several images share one
+    (a/same.jpg, a/same.png, b/same.jpg), its path below their common folder with '__' for
+    '/' (a__same.jpg, a__same.png, b__same.jpg)."""
+    resolved = {p: p.resolve() for p in paths}
+    stems = [p.stem for p in paths]
+    clashing = {s for s in stems if stems.count(s) > 1}
+    if not clashing:
+        return {p: p.stem for p in paths}
+    common = Path(os.path.commonpath([str(r.parent) for r in resolved.values()]))
+    return {p: "__".join(resolved[p].relative_to(common).parts) if p.stem in clashing
+            else p.stem for p in paths}
+
+
+class PredictResult(NamedTuple):
+    written: list[Path]
+    failed: list[str]
+    """One line per image that could not be read, naming it and why."""
+
+
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path,
-                  which: str = "teacher") -> list[Path]:
+                  which: str = "teacher") -> PredictResult:
     """Write ``<name>_mask.png`` (palette PNG), ``<name>_overlay.png`` and
-    ``<name>_uncertainty.png`` (mean sigma^2 per pixel) for every input image."""
+    ``<name>_uncertainty.png`` (mean sigma^2 per pixel) for every input image, ``<name>``
+    from ``output_names``. An image that cannot be read is skipped and reported; the others
+    are still written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a folder to write the predictions into")
     model, cfg = model_from_checkpoint(load_checkpoint(checkpoint), which)
     device = select_device(cfg.train.device)
     model = model.to(device).eval()
-    out = Path(out_dir)
+    paths = expand_images(inputs)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in expand_images(inputs):
-        image = read_image(path)
+    written, failed = [], []
+    for path, name in output_names(paths).items():
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            failed.append(str(exc))
+            continue
         pred = predict(model, image[None].to(device), cfg.eval, uncertainty=True)
         mask = pred.probs[0].argmax(0).cpu()
         files = {
@@ -52,7 +83,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
             "uncertainty": heatmap(pred.uncertainty[0, 0]),
         }
         for kind, picture in files.items():
-            target = out / f"{path.stem}_{kind}.png"
+            target = out / f"{name}_{kind}.png"
             picture.save(target)
             written.append(target)
-    return written
+    return PredictResult(written, failed)
