@@ -80,8 +80,23 @@ def test_labelled_warmup_trains_on_labels_before_the_teacher_joins(cache, tmp_pa
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logs = [r["train"] for r in records if "train" in r]
     assert calls == [2, 2]  # steps 3 and 4 only
-    assert [t["unsupervised"] for t in logs[:2]] == [0.0, 0.0]
-    assert all(t["contrastive"] > 0 for t in logs)
+    assert [(t["unsupervised"], t["contrastive"]) for t in logs[:2]] == [(0.0, 0.0)] * 2
+    assert all(t["contrastive"] > 0 for t in logs[2:])
+
+
+def test_labelled_warmup_is_the_supervised_run_until_the_teacher_joins(cache, tmp_path):
+    runs = {}
+    for method in ("supervised", "prcl"):
+        cfg = tiny(cache, tmp_path / method, f"train.method={method}",
+                   "train.labelled_warmup_epochs=1")
+        runs[method] = Trainer(cfg, progress=False)
+        runs[method].fit(max_steps=2)
+    supervised, prcl = (runs[m].student.state_dict() for m in ("supervised", "prcl"))
+    assert supervised.keys() == prcl.keys()
+    assert all(torch.equal(supervised[k], prcl[k]) for k in supervised)
+    runs["prcl"].fit(max_steps=3)  # the first step with the unlabelled batch
+    after = runs["prcl"].student.state_dict()
+    assert not torch.equal(after["classifier.3.weight"], supervised["classifier.3.weight"])
 
 
 @pytest.mark.parametrize("warmup", [0, 1])

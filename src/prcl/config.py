@@ -129,9 +129,10 @@ class TrainConfig:
     batch 2. lambda_c ramps down per epoch; evaluation runs every eval_every epochs."""
     ema_alpha: float = 0.99
     labelled_warmup_epochs: int = 0
-    """PRCL only: epochs at the start that train on the labelled batch alone (cross-entropy +
-    lambda_c * PRCL) before the teacher's pseudo-labels join, like U2PL's sup_only_epoch; the
-    teacher follows the student meanwhile. 0 is the authors' recipe."""
+    """PRCL only: epochs at the start that train exactly as the supervised baseline does
+    (cross-entropy on the labelled batch) before the teacher's pseudo-labels and the PRCL loss
+    join, like U2PL's sup_only_epoch; the teacher follows the student meanwhile. 0 is the
+    authors' recipe."""
     eval_every: int = 5
     amp: str = "auto"
     """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""

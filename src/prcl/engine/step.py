@@ -2,8 +2,8 @@
 
 ``prcl_step_losses`` is the semi-supervised step: the teacher's pseudo-labels, the batched
 unlabelled pipeline, the student on both batches, and the three losses. ``supervised_step_
-losses`` is the labelled-only baseline. The optimiser side (backward, the two optimisers, the
-EMA) lives in the trainer.
+losses`` is the labelled-only baseline and PRCL's labelled warm-up. The optimiser side
+(backward, the two optimisers, the EMA) lives in the trainer.
 """
 
 from __future__ import annotations
@@ -117,37 +117,12 @@ def prcl_step_losses(
     return StepLosses(total, supervised, unsupervised, contrastive)
 
 
-def labelled_warmup_step_losses(
-    student: nn.Module,
-    images_l: Tensor,
-    labels_l: Tensor,
-    cfg: Config,
-    prcl_loss: PRCLLoss,
-    lambda_c: float,
-    generator: torch.Generator,
-    autocast: AbstractContextManager,
-) -> StepLosses:
-    """PRCL's step before the unlabelled batch joins (``train.labelled_warmup_epochs``): the
-    labelled half of METHOD.md 7.7, cross-entropy + lambda_c * PRCL on the labelled pixels;
-    the teacher makes no pseudo-labels. Shapes as in ``prcl_step_losses``."""
-    with autocast:
-        out = student(normalize(images_l))
-    supervised = labelled_ce(out.logits, labels_l)
-    no_pseudo_labels = labels_l[:0]
-    taking_part = contrastive_labels(
-        labels_l, no_pseudo_labels, no_pseudo_labels.float(), cfg.loss.weak_threshold,
-        out.logits.shape[-2:],
-    )
-    contrastive = prcl_loss(out.mu, out.var, taking_part, out.logits.detach().float().softmax(1),
-                            generator)
-    zero = supervised.detach() * 0
-    return StepLosses(supervised + lambda_c * contrastive, supervised, zero, contrastive)
-
-
 def supervised_step_losses(
     student: nn.Module, images_l: Tensor, labels_l: Tensor, autocast: AbstractContextManager
 ) -> StepLosses:
-    """The labelled-only baseline: cross-entropy on the labelled batch, nothing else."""
+    """The labelled-only baseline: cross-entropy on the labelled batch, nothing else. PRCL's
+    labelled warm-up (``train.labelled_warmup_epochs``) is this same step, so a warm-up
+    follows the baseline's run exactly until the unlabelled batch joins."""
     with autocast:
         out = student(normalize(images_l), representation=False)
     supervised = labelled_ce(out.logits, labels_l)

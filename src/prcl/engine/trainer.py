@@ -32,7 +32,6 @@ from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
 from prcl.engine.step import (
     StepLosses,
-    labelled_warmup_step_losses,
     prcl_step_losses,
     supervised_step_losses,
 )
@@ -210,12 +209,7 @@ class Trainer:
         the loss or the gradients were not finite."""
         self.network.train()
         self.teacher.train()
-        if self.semi and images_u is None:
-            losses = labelled_warmup_step_losses(
-                self.network, images_l, labels_l, self.cfg, self.prcl_loss, self.lambda_c(),
-                self.generator, self._autocast(),
-            )
-        elif self.semi:
+        if self.semi and images_u is not None:
             partners = None
             if self.rt.distributed and self.cfg.data.mix_across_ranks:
                 partners = distributed.gathered_partners
