@@ -11,7 +11,7 @@ from prcl.config import DataConfig
 from prcl.data import DataProblems, build_datasets, load_pair, read_image, read_mask
 from prcl.data.check import check_data, format_report
 from prcl.data.cityscapes import label_id_lut
-from prcl.data.samples import Sample
+from prcl.data.samples import Sample, header_problems
 from prcl.errors import DataError
 
 
@@ -197,3 +197,40 @@ def test_check_data_command_exit_status(tmp_path, capsys):
     assert main(["check-data", "voc_662", f"data.root={good}", "data.num_labels=2"]) == 0
     out = capsys.readouterr().out
     assert "no problems found" in out and "labelled 2, unlabelled 1, val 1" in out
+
+
+def test_an_exif_turned_photo_is_read_as_shown_and_fits_its_mask(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show": width and height swap
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(path, exif=exif)
+    mask = write_png(tmp_path / "photo.png", np.zeros((96, 64), np.uint8))
+    sample = Sample("photo", path, mask)
+    assert header_problems([sample]) == []
+    image, label = load_pair(sample, 2)
+    assert image.shape == (3, 96, 64) and label.shape == (96, 64)
+
+
+def test_folder_masks_saved_as_jpeg_are_named(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        write_png(tmp_path / "images" / split / "a.png", np.zeros((4, 4, 3), np.uint8))
+        write_png(tmp_path / "masks" / split / "a.png", np.zeros((4, 4), np.uint8))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "train" / "b.jpg")
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    with pytest.raises(DataProblems, match=r"b\.jpg: masks must be PNG"):
+        build_datasets(DataConfig(dataset="folder", root=str(tmp_path), num_labels=1))
+
+
+def test_validation_masks_without_a_labelled_pixel_are_a_problem(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        write_png(tmp_path / "images" / split / "a.png", np.zeros((4, 4, 3), np.uint8))
+        fill = 255 if split == "val" else 1
+        write_png(tmp_path / "masks" / split / "a.png", np.full((4, 4), fill, np.uint8))
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    report = check_data(DataConfig(dataset="folder", root=str(tmp_path), num_labels=1))
+    assert any("the 1 val masks hold no labelled pixel" in p for p in report.problems)

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_train import tiny
 
 from prcl.cli import main
@@ -99,3 +101,52 @@ def test_a_signal_saves_the_step_reached_and_ends_in_one_line(cache, tmp_path, s
     assert load_checkpoint(run / "last.pth")["training"]["step"] == step
     assert f"--resume {run / 'last.pth'}" in err
     assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()
+
+
+def folder_dataset(root, bad=None):
+    """A 3-class folder dataset: 8 training images with masks, 2 validation ones; ``bad``
+    spoils one file: 'image' (unreadable), 'size' (a validation mask of another size) or
+    'value' (a validation mask holding class 7)."""
+    (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        for i in range(count):
+            for sub in ("images", "masks"):
+                (root / sub / split).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{i}.png")
+            mask = np.kron(rng.integers(0, 3, (4, 4)), np.ones((16, 16))).astype(np.uint8)
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    if bad == "image":
+        (root / "images" / "train" / "3.png").write_bytes(b"\x89PNG broken")
+    elif bad == "size":
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "masks" / "val" / "0.png")
+    elif bad == "value":
+        Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "masks" / "val" / "1.png")
+
+
+def folder_run(cache, data, run, *extra):
+    return ["train", "synthetic", *tiny_overrides(cache, run), "data.dataset=folder",
+            f"data.root={data}", "data.num_labels=4", *extra, "--no-progress"]
+
+
+@pytest.mark.parametrize(("bad", "named"), [("image", "3.png: cannot read image"),
+                                            ("size", "0.png: mask is 64x48 but its image")])
+def test_train_refuses_bad_files_before_the_first_step(cache, tmp_path, capsys, bad, named):
+    folder_dataset(tmp_path / "data", bad)
+    assert main(folder_run(cache, tmp_path / "data", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert named in err and "1 problem(s) with the dataset" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_file_met_while_training_ends_in_one_line_after_saving(cache, tmp_path, capsys):
+    folder_dataset(tmp_path / "data", "value")
+    run = tmp_path / "run"
+    assert main(folder_run(cache, tmp_path / "data", run, "data.num_workers=1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "val/1.png: mask values 7 are neither classes 0-2 nor 255" in err
+    assert "Training stopped after step 2" in err and f"--resume {run / 'last.pth'}" in err
+    assert load_checkpoint(run / "last.pth")["training"]["step"] == 2

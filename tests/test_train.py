@@ -12,7 +12,9 @@ from prcl.data.synthetic import CLASS_NAMES
 from prcl.engine import Trainer, TrainingDiverged, train
 from prcl.engine import trainer as trainer_module
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from prcl.errors import CheckpointError
 from prcl.evaluation import predict_whole
+from prcl.models import build_encoder
 
 TINY = [
     "model.encoder=resnet18",
@@ -278,6 +280,33 @@ def test_predict_keeps_every_output_and_skips_a_bad_image(cache, tmp_path, capsy
     assert main(["predict", str(tmp_path / "last.pth"), str(tmp_path / "a"), "--out",
                  str(tmp_path / "file")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_the_system_refusing_a_file_is_one_line_unless_debugging(cache, tmp_path, capsys,
+                                                                 monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    args = ["train", "synthetic", *TINY, f"data.root={cache}",
+            f"train.out_dir={tmp_path / 'a_file' / 'run'}", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_file/run" in err and "the system refused it" in err
+    monkeypatch.setenv("PRCL_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(args)
+
+
+def test_an_offline_torchvision_download_is_one_clear_error(monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(CheckpointError, match=r"could not download .* resnet18 .* "
+                                              r"model\.pretrained=/path/to/it\.pth"):
+        build_encoder("resnet18", weights="torchvision")
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

@@ -312,10 +312,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A problem the user can fix (a ``PrclError``, or the system refusing a
+    file: a full disk, a read-only folder) ends with one line and exit status 2;
+    ``PRCL_DEBUG=1`` shows the traceback instead."""
     args = parse_args(argv)
     run = COMMANDS[args.command][1]
     try:
         return run(args)
-    except PrclError as exc:
-        print(f"prcl {args.command}: error: {exc}", file=sys.stderr)
+    except (PrclError, OSError) as exc:
+        if os.environ.get("PRCL_DEBUG") == "1":
+            raise
+        print(f"prcl {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, PrclError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror} (the system refused it: check the path, its "\
+            "permissions and the free disk space)"
+    return str(exc)

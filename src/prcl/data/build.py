@@ -17,7 +17,7 @@ from prcl.config import DataConfig
 from prcl.data.cityscapes import CityscapesLayout
 from prcl.data.folder import FolderLayout
 from prcl.data.problems import DataProblems, problems_of
-from prcl.data.samples import ImageDataset, LabelledDataset, Sample
+from prcl.data.samples import ImageDataset, LabelledDataset, Sample, header_problems
 from prcl.data.splits import (
     SPLIT_FILES,
     Split,
@@ -158,10 +158,13 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     """The labelled, unlabelled and validation datasets of cfg (METHOD.md 1, 7.5).
 
     Raises DataError listing every problem found (missing folders or files, a split that does
-    not fit the data); file contents are checked as they are read, and in full by
-    ``check_data``.
+    not fit the data, files that cannot be opened, masks whose size is not their image's);
+    mask values are checked as they are read, and everything in full by ``check_data``.
     """
     found = resolve(cfg)
+    if not found.problems:
+        found.problems += header_problems([*found.labelled, *found.val])
+        found.problems += header_problems(found.unlabelled, masks=False)
     if found.problems:
         raise DataProblems(found.problems, "run `prcl check-data` for the full report")
     for note in found.notes:

@@ -78,6 +78,13 @@ def check_data(
         if progress:
             progress(f"reading {report.counts[split]} {split} images and masks")
         report.histogram[split] = _histogram(getattr(found, split), num_classes, report.problems)
+        read_pixels = int(report.histogram[split].sum())  # ignore included
+        if read_pixels and not report.histogram[split][:num_classes].sum():
+            purpose = "learn" if split == "labelled" else "score"
+            report.problems.append(
+                f"{found.root}: the {report.counts[split]} {split} masks hold no labelled pixel "
+                f"(all {IGNORE_INDEX}, ignore): nothing to {purpose}; check how the masks were "
+                "written")
     if progress:
         progress(f"reading {report.counts['unlabelled']} unlabelled images")
     for sample in found.unlabelled:

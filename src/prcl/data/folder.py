@@ -19,6 +19,7 @@ from prcl.data.problems import raise_if_any
 from prcl.data.samples import Sample
 
 CLASS_FILE = "classes.txt"
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg", ".webp")
 
 
 def read_class_names(path: Path) -> tuple[list[str], list[str]]:
@@ -73,6 +74,9 @@ class FolderLayout:
         masks = {p.stem: p for p in list_files(mask_dir, (".png",))} if mask_dir.is_dir() else {}
         problems += [f"{p}: mask has no image in {image_dir}; add the image or remove the mask"
                      for stem, p in masks.items() if stem not in images]
+        lossy = list_files(mask_dir, LOSSY_MASK_SUFFIXES) if mask_dir.is_dir() else []
+        problems += [f"{p}: masks must be PNG (JPEG compression changes the class values "
+                     "near every edge); save it as a lossless PNG" for p in lossy]
         if not masks:
             problems.append(f"{mask_dir}: no masks (*.png) found; {split} needs labelled images")
         self.images[split], self.masks[split] = images, masks

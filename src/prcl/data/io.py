@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from prcl.errors import DataError
 
@@ -38,9 +38,15 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that turn the stored image by 90 degrees (width and height swap)."""
+
+
 def read_image(path: str | Path) -> torch.Tensor:
-    """An RGB image as float32 [3, H, W] in [0, 1]."""
-    img = _open(Path(path), "image").convert("RGB")
+    """An RGB image as float32 [3, H, W] in [0, 1], turned as its EXIF orientation says (as a
+    viewer shows it, and as masks drawn on it are)."""
+    img = ImageOps.exif_transpose(_open(Path(path), "image")).convert("RGB")
     array = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
@@ -66,6 +72,22 @@ def read_mask(path: str | Path) -> np.ndarray:
             f"{path}: mask values exceed 0-255; store class indices 0-254 and 255 as ignore"
         )
     return array.astype(np.uint8)
+
+
+def header_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) of an image file as ``read_image`` returns it, from its header alone
+    (the pixels are not decoded); a missing or unreadable file raises DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found; restore the file or remove its id from "
+                        "the split list")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc}); the file is damaged or not an "
+                        "image, download it again or remove its id from the split") from exc
+    return (height, width) if turned else (width, height)
 
 
 def check_mask_values(mask: np.ndarray, num_classes: int, path: str | Path) -> None:

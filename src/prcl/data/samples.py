@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from prcl.data.io import (
     check_mask_values,
     check_same_size,
+    header_size,
     read_image,
     read_mask,
     read_mask_values,
@@ -67,6 +68,26 @@ def load_label(sample: Sample, num_classes: int) -> np.ndarray:
         mask = mapped.astype(np.uint8)
     check_mask_values(mask, num_classes, sample.mask)
     return mask
+
+
+def header_problems(samples: Sequence[Sample], masks: bool = True) -> list[str]:
+    """One line per sample whose image or (with ``masks``) mask cannot be opened, or whose
+    mask's size differs from its image's: what the files' headers tell, checked before
+    training starts (``prcl check-data`` decodes every pixel)."""
+    problems = []
+    for sample in samples:
+        try:
+            size = header_size(sample.image, "image")
+            if masks and sample.mask is not None:
+                mask_size = header_size(sample.mask, "mask")
+                if mask_size != size:
+                    problems.append(
+                        f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} but its image "
+                        f"{sample.image} is {size[0]}x{size[1]}; the mask must have the "
+                        "image's size")
+        except DataError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def load_pair(sample: Sample, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

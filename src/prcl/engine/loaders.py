@@ -89,3 +89,13 @@ def endless_loader(
         persistent_workers=num_workers > 0,
     )
     return iter(loader)
+
+
+def worker_error_message(error: BaseException) -> str:
+    """The message of an error raised inside a DataLoader worker, without the worker's
+    traceback that torch writes around it when it raises it again in the main process."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return text
+    last = text.strip().splitlines()[-1]  # "prcl.errors.DataError: <the message>"
+    return last.split(": ", 1)[1] if ": " in last else last

@@ -26,7 +26,7 @@ from prcl.engine import distributed
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
 from prcl.engine.interrupts import EXIT_CODES, Interrupted, StopRequest, catch_stop_signals
-from prcl.engine.loaders import endless_loader, sample_seed
+from prcl.engine.loaders import endless_loader, sample_seed, worker_error_message
 from prcl.engine.run_folder import hold_run_folder
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
@@ -35,7 +35,7 @@ from prcl.engine.step import (
     prcl_step_losses,
     supervised_step_losses,
 )
-from prcl.errors import PrclError
+from prcl.errors import DataError, PrclError
 from prcl.evaluation import Scores, evaluate
 from prcl.losses import PRCLLoss
 from prcl.models import model_from_config
@@ -128,8 +128,12 @@ class Trainer:
         if self.rt.distributed:
             if self.rt.device.type == "cuda":
                 self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            # The labelled warm-up runs the baseline's step, which leaves the representation
+            # and probability heads out of the graph: DDP must then look for unused parameters.
+            on_gpu = self.rt.device.type == "cuda"
             self.network = DistributedDataParallel(
-                self.student, device_ids=[self.rt.device] if self.rt.device.type == "cuda" else None
+                self.student, device_ids=[self.rt.device] if on_gpu else None,
+                find_unused_parameters=self.semi and self.warmup_steps > 0,
             )
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
@@ -291,14 +295,18 @@ class Trainer:
         with catch_stop_signals() as stop_request:
             try:
                 while self.step < stop:
-                    losses = self.train_step(*self._next_batch(labelled, unlabelled))
-                    bar.update(1)
-                    log_now = self.step % cfg.train.log_every == 0 or self.step == stop
-                    if losses is not None and log_now:
-                        rate = (self.step - started_step) / (time.perf_counter() - started)
-                        self._log_step(losses, rate, bar)
-                    if self.step % eval_period == 0 or self.step == self.total_steps:
-                        self.evaluate_and_save()
+                    try:
+                        batch = self._next_batch(labelled, unlabelled)
+                        losses = self.train_step(*batch)
+                        bar.update(1)
+                        log_now = self.step % cfg.train.log_every == 0 or self.step == stop
+                        if losses is not None and log_now:
+                            rate = (self.step - started_step) / (time.perf_counter() - started)
+                            self._log_step(losses, rate, bar)
+                        if self.step % eval_period == 0 or self.step == self.total_steps:
+                            self.evaluate_and_save()
+                    except DataError as error:
+                        self._stop_on_bad_file(error)
                     if self._stop_requested(stop_request, log_now):
                         self._stop_on_signal(stop_request.signal_name or "SIGTERM")
             finally:
@@ -320,6 +328,17 @@ class Trainer:
         flag = torch.tensor([float(bool(request))], device=self.rt.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
+
+    def _stop_on_bad_file(self, error: DataError) -> None:
+        """A file that could not be used, met while training: save the step reached, then end
+        with the file's one-line message."""
+        message = worker_error_message(error)
+        if self.step == 0:
+            raise DataError(f"{message} (met before the first step)") from None
+        self._sync_buffers()
+        path = self.save("last.pth")
+        raise DataError(f"{message} Training stopped after step {self.step}; {path} holds it: "
+                        f"fix the file, then continue with `prcl train --resume {path}`") from None
 
     def _stop_on_signal(self, name: str) -> None:
         """Save ``last.pth`` at the step reached and end the run with one line."""

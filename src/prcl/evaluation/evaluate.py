@@ -8,6 +8,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from prcl.config import EvalConfig
+from prcl.data.io import IGNORE_INDEX
+from prcl.errors import DataError
 from prcl.evaluation.inference import Prediction, predict_sliding, predict_whole
 from prcl.evaluation.metrics import ConfusionMatrix, Scores
 from prcl.models import DeepLabV3Plus
@@ -45,4 +47,8 @@ def evaluate(
     if world > 1:
         dist.all_reduce(confusion.matrix)
     model.train(was_training)
+    if not confusion.matrix.sum():
+        raise DataError(f"the {len(dataset)} validation masks hold no labelled pixel (all "
+                        f"{IGNORE_INDEX}, ignore): there is nothing to score; check the masks "
+                        "with `prcl check-data`")
     return confusion.scores()

@@ -136,8 +136,16 @@ def build_encoder(name: str, output_stride: int = 16, weights: str | None = None
             raise CheckpointError(
                 f"torchvision has no ImageNet weights for '{name}': give a local file instead"
             )
-        enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name])
-        load_encoder_weights(encoder, enum.IMAGENET1K_V1.get_state_dict(progress=True))
+        weights_enum = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
+        try:
+            state = weights_enum.get_state_dict(progress=True)
+        except OSError as exc:  # URLError and the other ways a download fails
+            raise CheckpointError(
+                f"could not download torchvision's ImageNet weights for {name} from "
+                f"{weights_enum.url} ({getattr(exc, 'reason', exc)}); without a network, "
+                "fetch that file elsewhere and give its path: model.pretrained=/path/to/it.pth"
+            ) from None
+        load_encoder_weights(encoder, state)
     elif weights is not None:
         load_encoder_weights(encoder, weights)
     return encoder
