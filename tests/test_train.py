@@ -325,3 +325,27 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "weights.pth"), str(tmp_path), "--out",
                  str(tmp_path / "o")]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("train.epochs=0", "'train.epochs' is 0; it must be at least 1"),
+    ("train.eval_every=0", "'train.eval_every' is 0"),
+    ("ramp.max_epoch=0", "'ramp.max_epoch' is 0"),
+    ("data.batch_size=0", "'data.batch_size' is 0"),
+    ("data.crop_size=-5", "'data.crop_size' is -5; it must be at least 32"),
+    ("data.crop_size=1", "'data.crop_size' is 1"),
+    ("loss.temperature=0", "'loss.temperature' is 0.0; it must be above 0"),
+    ("loss.num_queries=0", "'loss.num_queries' is 0"),
+    ("eval.stride=0", "'eval.stride' is 0"),
+    ("train.device=banana", "'train.device' is 'banana'; use auto, cpu, cuda, cuda:N or mps"),
+    ("train.ema_alpha=1.5", "'train.ema_alpha' is 1.5; it must be in [0, 1)"),
+    ("optim.lr=nan", "'optim.lr' is nan; it must be above 0"),
+    ("data.unlabeled_batch_size=0", "'data.unlabeled_batch_size' is 0"),
+])
+def test_values_out_of_range_are_refused_before_anything_is_made(tmp_path, capsys, override,
+                                                                  words):
+    run = tmp_path / "run"
+    assert main(["train", "synthetic", override, f"train.out_dir={run}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    assert not run.exists()
