@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prcl.cli import main
+from prcl.cli import main, parse_args
 from prcl.config import load_config
 from prcl.data import build_datasets
 from prcl.data.synthetic import CLASS_NAMES
@@ -325,6 +325,14 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "weights.pth"), str(tmp_path), "--out",
                  str(tmp_path / "o")]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_overrides_may_sit_on_either_side_of_options(capsys):
+    args = parse_args(["train", "synthetic", "train.epochs=1", "--no-progress", "train.seed=3"])
+    assert args.config == ["synthetic", "train.epochs=1", "train.seed=3"] and args.no_progress
+    with pytest.raises(SystemExit):
+        parse_args(["train", "synthetic", "--no-progress", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("override", "words"), [
