@@ -15,6 +15,7 @@ from prcl.data import (
     normalize,
     photometric,
     random_scale_crop,
+    unlabelled,
 )
 from prcl.data.unlabelled import color_jitter, gaussian_blur
 
@@ -292,6 +293,16 @@ def test_same_generator_gives_the_same_batch():
     first, second, other = (full_pipeline(batch, s) for s in (7, 7, 8))
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not torch.equal(first[0], other[0])
+
+
+def test_photometric_is_the_same_in_chunks_and_whole(monkeypatch):
+    images = torch.rand(7, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    whole = photometric(images, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(unlabelled, "CPU_CHUNK_BYTES", 2 * images[0].numel() * 4)
+    assert len(unlabelled._chunks(images)) == 4
+    chunked = photometric(images, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    assert (whole - images).abs().amax((1, 2, 3)).gt(0).sum() >= 4  # the steps did run
 
 
 def test_normalize_uses_imagenet_statistics_on_both_shapes():
