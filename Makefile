@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Each creates .venv (python -m venv + pip) on first use.
+# Two commands: `make demo` and `make test`. Each creates .venv (python -m venv + pip) on first use,
+# with the optional extras (timm encoders, ONNX export) so that the tests cover them.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,timm,onnx]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -124,13 +124,18 @@ def test_parameter_groups_split_the_probability_head():
     }
 
 
-def test_loads_torchvision_state_dict_from_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_loads_torchvision_state_dict_from_file(tmp_path, suffix):
     reference = torchvision.models.resnet18()
     with torch.no_grad():
         for p in reference.parameters():
             p.normal_()
-    path = tmp_path / "resnet18.pth"
-    torch.save(reference.state_dict(), path)
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".pth":
+        torch.save(reference.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+        save_file(reference.state_dict(), str(path))
     encoder = build_encoder("resnet18", weights=str(path))
     ours = encoder.state_dict()
     for key, value in reference.state_dict().items():
@@ -168,6 +173,9 @@ def test_wrong_weights_file_names_file_and_keys(tmp_path):
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pth is not a readable"):
         build_encoder("resnet18", weights=str(tmp_path / "junk.pth"))
+    (tmp_path / "junk.safetensors").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.safetensors is not a readable safetensors"):
+        build_encoder("resnet18", weights=str(tmp_path / "junk.safetensors"))
 
 
 def _official_checkpoint(seed=0):

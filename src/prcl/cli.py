@@ -122,7 +122,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prcl.data import build_val_dataset
-    from prcl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from prcl.engine.checkpoint import (
+        checkpoint_class_names,
+        checkpoint_config,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
     from prcl.engine.distributed import select_device
     from prcl.evaluation import evaluate
 
@@ -132,7 +137,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_writable(out, "--json")
     model, _ = model_from_checkpoint(ckpt, args.which)
     val, class_names = build_val_dataset(cfg.data)
-    trained = ckpt.get("class_names") or [str(c) for c in range(ckpt["num_classes"])]
+    trained = checkpoint_class_names(ckpt)
     if len(class_names) != ckpt["num_classes"]:
         raise PrclError(
             f"{args.checkpoint} predicts {ckpt['num_classes']} classes ({', '.join(trained)}) "
@@ -173,22 +178,56 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="masks, overlays and uncertainty maps for images",
         description="For each image: <name>_mask.png (palette PNG of class indices), "
         "<name>_overlay.png, and <name>_uncertainty.png, a heatmap of the mean variance "
-        "sigma^2 of each pixel's representation (bright = uncertain).",
+        "sigma^2 of each pixel's representation (bright = uncertain). CHECKPOINT may be a "
+        "file written by `prcl export` (.onnx, run in onnxruntime: pip install 'prcl[onnx]').",
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a prcl checkpoint (.pth) or an exported .onnx file")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher",
+                   help="the network of a checkpoint to use")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from prcl.predict import predict_files
 
-    written, failed = predict_files(args.checkpoint, args.images, args.out, args.which)
-    print(f"wrote {len(written)} files for {len(written) // 3} images to {args.out}")
+    written, failed, images = predict_files(args.checkpoint, args.images, args.out, args.which)
+    print(f"wrote {len(written)} files for {images} images to {args.out}")
     for line in failed:
         print(f"prcl predict: skipped {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint's network to ONNX or TorchScript",
+        description="Write the teacher (or --which student) in eval mode: input images "
+        "[batch, 3, height, width] normalised with ImageNet's mean and std, outputs the class "
+        "probabilities and the per-pixel uncertainty (mean sigma^2) at input size; batch, "
+        "height and width dynamic. Class names and normalisation go into the file's metadata. "
+        "The export is compared with PyTorch at another input size before it is written. "
+        "ONNX needs pip install 'prcl[onnx]'.",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--no-uncertainty", action="store_true",
+                   help="output the probabilities only (skips the probability head)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prcl.export import export_checkpoint
+
+    _check_writable(Path(args.out), "--out")
+    result = export_checkpoint(args.checkpoint, args.out, args.format, args.which,
+                               uncertainty=not args.no_uncertainty)
+    print(f"wrote {result.path} ({args.format}, the {args.which}): outputs "
+          f"{', '.join(result.outputs)}; within {result.max_difference:.1g} of PyTorch")
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -278,6 +317,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "evaluate": (_add_evaluate, _run_evaluate),
     "predict": (_add_predict, _run_predict),
+    "export": (_add_export, _run_export),
     "demo": (_add_demo, _run_demo),
     "convert-official": (_add_convert_official, _run_convert_official),
     "check-data": (_add_check_data, _run_check_data),

@@ -28,11 +28,14 @@ BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 class ModelConfig:
     encoder: str = "resnet101"
     """resnet18 | resnet34 | resnet50 | resnet101 | resnet101_deepstem | mobilenet_v3_large |
-    mobilenet_v3_small"""
+    mobilenet_v3_small | timm:<name> (any timm model, e.g. timm:convnext_tiny; needs the timm
+    extra, pip install 'prcl[timm]')"""
     output_stride: int = 16
     """16 (ASPP rates 6/12/18) or 8 (rates 12/24/36)."""
     pretrained: str | None = None
-    """Encoder weights: a local .pth file, 'torchvision' (downloads), or null (random init)."""
+    """Encoder weights: a local .pth or .safetensors file (torchvision's format for the built-in
+    encoders, timm's for timm:<name>), 'torchvision' (downloads; built-in encoders), 'timm'
+    (downloads timm's weights; timm encoders), or null (random init)."""
     rep_dim: int = 256
     """Dimensions of the representation mu and of the variance sigma^2."""
     head_channels: int = 256
@@ -387,14 +390,22 @@ def _value(cfg: Config, key: str) -> Any:
     return node
 
 
+TIMM_ENCODER = re.compile(r"timm:[\w.\-]+")
+"""``model.encoder`` naming a timm model; the name itself is checked when the model is built
+(importing timm here would slow down every command)."""
+
+
 def _check_choices(cfg: Config, source: str) -> None:
     for key, choices in CHOICES.items():
         value = _value(cfg, key)
+        if key == "model.encoder" and TIMM_ENCODER.fullmatch(value):
+            continue
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            timm = ", or timm:<name> for a timm model" if key == "model.encoder" else ""
             raise ConfigError(
-                f"{source}: '{key}' is '{value}'{hint} (choose from {', '.join(choices)})"
+                f"{source}: '{key}' is '{value}'{hint} (choose from {', '.join(choices)}{timm})"
             )
     for key, (low, high, allowed) in RANGES.items():
         value = _value(cfg, key)

@@ -1,15 +1,38 @@
-"""Reading ``.pth`` files as data: one reader for our checkpoints, the authors' and encoder
-weights, with errors that name the file and say what to do."""
+"""Reading ``.pth`` and ``.safetensors`` files as data (one reader for our checkpoints, the
+authors' and encoder weights, with errors that name the file and say what to do), and writing
+files atomically."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from prcl.errors import CheckpointError
+from prcl.errors import CheckpointError, first_line
+from prcl.extras import import_extra
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write`` into a temporary file in the same folder, fsync, then rename over ``path``: a
+    crash at any moment leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_pth(path: str | Path, what: str = "checkpoint") -> Any:
@@ -34,5 +57,20 @@ def read_pth(path: str | Path, what: str = "checkpoint") -> Any:
             "it: loading such a file can run code from it. Re-save only its state dicts."
         ) from exc
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable {what}: {detail}") from exc
+        raise CheckpointError(f"{path} is not a readable {what}: {first_line(exc)}") from exc
+
+
+def read_weights(path: str | Path, what: str = "weights file") -> Any:
+    """A ``.safetensors`` file (needs the safetensors package, part of the timm extra) as a dict
+    of tensors, anything else through ``read_pth``."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_pth(path, what)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    safetensors = import_extra("safetensors.torch", "timm", f"reading {path}")
+    try:
+        return safetensors.load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {first_line(exc)}") \
+            from exc

@@ -1,4 +1,5 @@
-"""Predict images with a checkpoint: masks, overlays and uncertainty heatmaps."""
+"""Predict images with a checkpoint or an exported ONNX file: masks, overlays and uncertainty
+heatmaps."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from typing import NamedTuple
 
 import torch
 
+from prcl.config import EvalConfig
 from prcl.data.io import read_image
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prcl.engine.distributed import select_device
 from prcl.errors import DataError
-from prcl.evaluation import predict
+from prcl.evaluation import Segment, predict
+from prcl.models import DeepLabV3Plus
+from prcl.runtime import OnnxSegment
 from prcl.viz import heatmap, mask_image, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,21 +55,36 @@ class PredictResult(NamedTuple):
     written: list[Path]
     failed: list[str]
     """One line per image that could not be read, naming it and why."""
+    images: int
+    """Images predicted."""
+
+
+def open_predictor(source: str | Path,
+                   which: str = "teacher") -> tuple[DeepLabV3Plus | Segment, EvalConfig,
+                                                    torch.device, bool]:
+    """A checkpoint's ``which`` network on its configured device, or an exported ``.onnx`` file
+    in onnxruntime on the CPU; with how to predict (``eval``) and whether it gives the
+    uncertainty."""
+    if Path(source).suffix.lower() == ".onnx":
+        onnx = OnnxSegment(source)
+        return onnx, onnx.eval_config, torch.device("cpu"), onnx.has_uncertainty
+    model, cfg = model_from_checkpoint(load_checkpoint(source), which)
+    device = select_device(cfg.train.device)
+    return model.to(device).eval(), cfg.eval, device, True
 
 
 @torch.no_grad()
-def predict_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path,
+def predict_files(source: str | Path, inputs: list[str | Path], out_dir: str | Path,
                   which: str = "teacher") -> PredictResult:
     """Write ``<name>_mask.png`` (palette PNG), ``<name>_overlay.png`` and
-    ``<name>_uncertainty.png`` (mean sigma^2 per pixel) for every input image, ``<name>``
-    from ``output_names``. An image that cannot be read is skipped and reported; the others
-    are still written."""
+    ``<name>_uncertainty.png`` (mean sigma^2 per pixel; not for an ONNX file exported without
+    it) for every input image, ``<name>`` from ``output_names``, with the checkpoint or ONNX
+    file ``source``. An image that cannot be read is skipped and reported; the others are
+    still written."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder to write the predictions into")
-    model, cfg = model_from_checkpoint(load_checkpoint(checkpoint), which)
-    device = select_device(cfg.train.device)
-    model = model.to(device).eval()
+    model, eval_cfg, device, uncertainty = open_predictor(source, which)
     paths = expand_images(inputs)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
@@ -75,15 +94,13 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
         except DataError as exc:
             failed.append(str(exc))
             continue
-        pred = predict(model, image[None].to(device), cfg.eval, uncertainty=True)
+        pred = predict(model, image[None].to(device), eval_cfg, uncertainty=uncertainty)
         mask = pred.probs[0].argmax(0).cpu()
-        files = {
-            "mask": mask_image(mask),
-            "overlay": overlay(image, mask),
-            "uncertainty": heatmap(pred.uncertainty[0, 0]),
-        }
+        files = {"mask": mask_image(mask), "overlay": overlay(image, mask)}
+        if uncertainty:
+            files["uncertainty"] = heatmap(pred.uncertainty[0, 0])
         for kind, picture in files.items():
             target = out / f"{name}_{kind}.png"
             picture.save(target)
             written.append(target)
-    return PredictResult(written, failed)
+    return PredictResult(written, failed, len(paths) - len(failed))

@@ -8,6 +8,8 @@ the DataLoader seeds differently in every worker and epoch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -17,17 +19,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _stats(images: Tensor) -> tuple[Tensor, Tensor]:
+def _stats(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+           std: Sequence[float] = IMAGENET_STD) -> tuple[Tensor, Tensor]:
     shape = (3, 1, 1) if images.dim() == 3 else (1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(shape)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(shape)
-    return mean, std
+    return (torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape),
+            torch.tensor(std, device=images.device, dtype=images.dtype).view(shape))
 
 
-def normalize(images: Tensor) -> Tensor:
-    """ImageNet mean/std normalisation of [3, H, W] or [B, 3, H, W] images in [0, 1]."""
-    mean, std = _stats(images)
-    return (images - mean) / std
+def normalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """Per-channel (x - mean) / std of [3, H, W] or [B, 3, H, W] images in [0, 1]: ImageNet's
+    statistics, which every prcl network is trained with, unless given."""
+    mean_t, std_t = _stats(images, mean, std)
+    return (images - mean_t) / std_t
 
 
 def denormalize(images: Tensor) -> Tensor:

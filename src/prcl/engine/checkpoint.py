@@ -8,8 +8,6 @@ training, the optimisers, counters and RNG states needed to resume exactly (``tr
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +15,15 @@ import torch
 
 from prcl.config import Config, apply_overrides, config_from_dict, config_to_dict
 from prcl.errors import CheckpointError
-from prcl.files import read_pth
+from prcl.files import atomic_write, read_pth
 from prcl.models import DeepLabV3Plus, model_from_config
 
 FORMAT = "prcl-checkpoint-1"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over
-    ``path``: a crash at any moment leaves either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through ``atomic_write``: the old file or the new one, never half."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def make_checkpoint(
@@ -86,3 +71,8 @@ def model_from_checkpoint(
     model = model_from_config(cfg.model, ckpt["num_classes"], pretrained=False)
     model.load_state_dict(ckpt[which])
     return model, cfg
+
+
+def checkpoint_class_names(ckpt: dict[str, Any]) -> list[str]:
+    """The class names a checkpoint was trained with, or "0", "1", ... where it has none."""
+    return ckpt.get("class_names") or [str(c) for c in range(ckpt["num_classes"])]

@@ -2,13 +2,21 @@
 inference."""
 
 from prcl.evaluation.evaluate import evaluate, predict
-from prcl.evaluation.inference import Prediction, predict_sliding, predict_whole
+from prcl.evaluation.inference import (
+    Prediction,
+    Segment,
+    Segmenter,
+    predict_sliding,
+    predict_whole,
+)
 from prcl.evaluation.metrics import ConfusionMatrix, Scores
 
 __all__ = [
     "ConfusionMatrix",
     "Prediction",
     "Scores",
+    "Segment",
+    "Segmenter",
     "evaluate",
     "predict",
     "predict_sliding",

@@ -10,14 +10,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from prcl.config import EvalConfig
 from prcl.data.io import IGNORE_INDEX
 from prcl.errors import DataError
-from prcl.evaluation.inference import Prediction, predict_sliding, predict_whole
+from prcl.evaluation.inference import Prediction, Segment, predict_sliding, predict_whole
 from prcl.evaluation.metrics import ConfusionMatrix, Scores
 from prcl.models import DeepLabV3Plus
 
 
-def predict(model: DeepLabV3Plus, images: torch.Tensor, cfg: EvalConfig,
+def predict(model: DeepLabV3Plus | Segment, images: torch.Tensor, cfg: EvalConfig,
             uncertainty: bool = False) -> Prediction:
-    """Whole-image or sliding-window prediction as ``cfg.mode`` says."""
+    """Whole-image or sliding-window prediction as ``cfg.mode`` says, by the network or any
+    ``Segment`` (an exported model)."""
     if cfg.mode == "sliding":
         return predict_sliding(model, images, cfg.window, cfg.stride, cfg.flip, uncertainty)
     return predict_whole(model, images, cfg.flip, uncertainty)

@@ -7,11 +7,12 @@ here every pixel of every validation image is predicted.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from prcl.data import normalize
 from prcl.models import DeepLabV3Plus
@@ -25,29 +26,66 @@ class Prediction(NamedTuple):
     uncertainty: Tensor | None
 
 
+Segment = Callable[[Tensor, bool], Prediction]
+"""One pass of a segmenter: (images [B, 3, H, W] in [0, 1], whether the uncertainty is wanted)
+-> ``Prediction`` at image size. A ``DeepLabV3Plus`` is one through ``Segmenter``; an exported
+ONNX file is one through ``prcl.runtime.OnnxSegment``."""
+
+
 def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+class Segmenter(nn.Module):
+    """The network as it is used and exported: ``forward(images [B, 3, H, W], normalised)
+    -> (probs [B, C, H, W],)``, the softmax of the class scores upsampled (bilinear,
+    align_corners) to image size, or ``(probs, uncertainty [B, 1, H, W])`` with
+    ``uncertainty``: the mean over dimensions of sigma^2, upsampled the same way. The
+    representation mu is not computed."""
+
+    def __init__(self, model: DeepLabV3Plus, uncertainty: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.uncertainty = uncertainty
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        size = images.shape[-2:]
+        feature = self.model.decoder_feature(images)
+        probs = _upsample(self.model.classifier(feature), size).softmax(1)
+        if not self.uncertainty:
+            return (probs,)
+        var = self.model.probability_head(feature).float().mean(1, keepdim=True)
+        return probs, _upsample(var, size)
+
+
+def _as_segment(model: DeepLabV3Plus | Segment) -> Segment:
+    if not isinstance(model, nn.Module):
+        return model
+
+    def segment(images: Tensor, uncertainty: bool) -> Prediction:
+        outputs = Segmenter(model, uncertainty)(normalize(images))
+        return Prediction(outputs[0], outputs[1] if uncertainty else None)
+
+    return segment
+
+
 @torch.no_grad()
 def predict_whole(
-    model: DeepLabV3Plus, images: Tensor, flip: bool = False, uncertainty: bool = False
+    model: DeepLabV3Plus | Segment, images: Tensor, flip: bool = False,
+    uncertainty: bool = False,
 ) -> Prediction:
-    """images: [B, 3, H, W] in [0, 1]. The network sees the whole image (and its mirror
-    image when ``flip``; the softmax outputs are averaged)."""
-    size = images.shape[-2:]
-    out = model(normalize(images), representation=uncertainty)
-    probs = _upsample(out.logits, size).softmax(1)
+    """images: [B, 3, H, W] in [0, 1]. The network (or any ``Segment``) sees the whole image
+    (and its mirror image when ``flip``; the softmax outputs are averaged)."""
+    segment = _as_segment(model)
+    probs, var = segment(images, uncertainty)
     if flip:
-        mirrored = model(normalize(images.flip(-1)), representation=False).logits
-        probs = (probs + _upsample(mirrored, size).softmax(1).flip(-1)) / 2
-    var = _upsample(out.var.float().mean(1, keepdim=True), size) if uncertainty else None
+        probs = (probs + segment(images.flip(-1), False).probs.flip(-1)) / 2
     return Prediction(probs, var)
 
 
 @torch.no_grad()
 def predict_sliding(
-    model: DeepLabV3Plus,
+    model: DeepLabV3Plus | Segment,
     images: Tensor,
     window: int,
     stride: int,

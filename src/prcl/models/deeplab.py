@@ -18,7 +18,8 @@ LOW_LEVEL_CHANNELS = 48
 
 
 class SegmentationOutput(NamedTuple):
-    """What the network returns, all at stride 4 of the input ([B, ., H/4, W/4]).
+    """What the network returns, all at the stride of the encoder's low-level features: 4
+    ([B, ., H/4, W/4]) for every built-in encoder and every timm model with a stride-4 stage.
 
     logits: [B, C, h, w] class scores. mu: [B, D, h, w] representation mean (unnormalised).
     var: [B, D, h, w] sigma^2 in (0, 1). feature: [B, 304, h, w] the decoder input.
@@ -67,17 +68,22 @@ class DeepLabV3Plus(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, images: Tensor, representation: bool = True) -> SegmentationOutput:
-        low, high = self.encoder(images)
-        low = self.low_level(low)
-        context = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear",
-                                align_corners=True)
-        feature = torch.cat([low, context], dim=1)
+        feature = self.decoder_feature(images)
         logits = self.classifier(feature)
         if not representation:
             return SegmentationOutput(logits, None, None, feature)
         return SegmentationOutput(
             logits, self.representation(feature), self.probability_head(feature), feature
         )
+
+    def decoder_feature(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] (normalised) -> the feature every head reads [B, 48 +
+        aspp_channels, h, w]."""
+        low, high = self.encoder(images)
+        low = self.low_level(low)
+        context = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear",
+                                align_corners=True)
+        return torch.cat([low, context], dim=1)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``network``: encoder, ASPP, decoder, classification and representation heads;
@@ -98,8 +104,9 @@ def build_model(
     head_channels: int = 256,
     aspp_channels: int = 256,
 ) -> DeepLabV3Plus:
-    """DeepLabv3+ PRCL network. ``pretrained``: encoder weights (a local file, 'torchvision',
-    or None for random initialisation); see ``build_encoder``."""
+    """DeepLabv3+ PRCL network. ``encoder``: a name of ``ENCODERS`` or ``timm:<name>``.
+    ``pretrained``: encoder weights (a local file; 'torchvision', or 'timm' for a timm encoder,
+    to download; None for random initialisation); see ``build_encoder``."""
     return DeepLabV3Plus(build_encoder(encoder, output_stride, pretrained), num_classes, rep_dim,
                          head_channels, aspp_channels)
 

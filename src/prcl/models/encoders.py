@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from prcl.errors import CheckpointError
-from prcl.files import read_pth
 from prcl.models.mobilenet import MOBILENETS, MobileNetV3Encoder, build_mobilenet
+from prcl.models.timm_encoder import TIMM_PREFIX, TimmEncoder, build_timm_encoder
+from prcl.models.weights import check_fit, read_state_dict, unwrap_state_dict
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem",
             *MOBILENETS)
@@ -73,7 +74,7 @@ class ResNetEncoder(nn.Module):
         return low, high
 
 
-Encoder = ResNetEncoder | MobileNetV3Encoder
+Encoder = ResNetEncoder | MobileNetV3Encoder | TimmEncoder
 
 
 def dilate_layer(layer: nn.Sequential, dilation: int, previous_dilation: int) -> None:
@@ -117,14 +118,18 @@ def _deep_stem_resnet101() -> torchvision.models.ResNet:
 
 
 def build_encoder(name: str, output_stride: int = 16, weights: str | None = None) -> Encoder:
-    """Build an encoder by name (``ENCODERS``).
+    """Build an encoder by name (``ENCODERS``, or ``timm:<name>`` for any timm model: see
+    ``prcl.models.timm_encoder.build_timm_encoder``).
 
     ``weights``: None (random init), a path to a local state dict in torchvision's format (or
     the deep-stem checkpoint's format for ``resnet101_deepstem``), or ``"torchvision"`` to
     download torchvision's ImageNet weights (needs a network).
     """
+    if name.startswith(TIMM_PREFIX):
+        return build_timm_encoder(name.removeprefix(TIMM_PREFIX), output_stride, weights)
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder '{name}'; choose from {', '.join(ENCODERS)}")
+        raise ValueError(f"unknown encoder '{name}'; choose from {', '.join(ENCODERS)} or "
+                         f"{TIMM_PREFIX}<name>")
     if name in MOBILENETS:
         encoder = build_mobilenet(name, output_stride)
     else:
@@ -152,47 +157,18 @@ def build_encoder(name: str, output_stride: int = 16, weights: str | None = None
 
 
 def load_encoder_weights(encoder: Encoder, source: str | Path | Mapping[str, Tensor]) -> None:
-    """Load ImageNet weights into ``encoder`` from a file or a state dict.
+    """Load ImageNet weights into ``encoder`` from a file (``.pth``, or ``.safetensors``) or a
+    state dict.
 
     Accepts a plain state dict or one wrapped under ``state_dict``/``model``, with or without
     a ``module.`` prefix; the classifier (``fc.*``, or ``classifier.*`` for MobileNetV3) is
-    dropped. Any other missing or
-    unexpected key, or a shape that does not fit, raises ``CheckpointError`` naming the file
-    and the first offending keys.
+    dropped. Any other missing or unexpected key, or a shape that does not fit, raises
+    ``CheckpointError`` naming the file and the first offending keys.
     """
     name = str(source) if isinstance(source, str | Path) else "the given state dict"
-    state = _read_state_dict(source) if isinstance(source, str | Path) else dict(source)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), Mapping):
-            state = dict(state[wrapper])
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(source) if isinstance(source, str | Path) else unwrap_state_dict(source)
     state = {k: v for k, v in state.items() if not k.startswith(encoder.classifier_prefix)}
-    expected = encoder.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            parts.append(f"shapes that do not fit (first: {'; '.join(wrong_shape[:3])})")
-        raise CheckpointError(
-            f"{name} does not fit this encoder: {'; '.join(parts)}. Check that model.encoder "
-            "names the network these weights were trained for (torchvision format, or the "
-            "deep-stem format for resnet101_deepstem)."
-        )
+    check_fit(encoder.state_dict(), state, name, "Check that model.encoder names the network "
+              "these weights were trained for (torchvision format, or the deep-stem format for "
+              "resnet101_deepstem).")
     encoder.load_state_dict(state)
-
-
-def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    state = read_pth(path, "weights file")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return dict(state)
