@@ -1,21 +1,31 @@
-"""PRCL loss at VOC scale: the vectorised ``PRCLLoss`` against the loop implementation.
+"""PRCL loss at VOC scale: the vectorised ``PRCLLoss`` against the loop implementation, and
+the cost of the 2024 extension's options (global prototypes + virtual negatives) on top.
 
-Usage: ``.venv/bin/python benchmarks/loss.py`` (about a minute on a 2-core CPU).
+Usage: ``.venv/bin/python benchmarks/loss.py`` (about four minutes on a busy 2-core CPU).
 
 Setting: batch 4 at 81x81 (stride 4 of 321 crops), 256 dims, 21 classes of which 6 present,
-10% of pixels not taking part, 256 queries, 512 negatives, temperature 100.
+10% of pixels not taking part, 256 queries, 512 negatives, temperature 100. "GDP + VN" adds
+``prototypes="global"`` and 32 virtual negatives per anchor and other class from global
+prototypes that have seen all 21 classes, i.e. 640 virtual negatives per anchor next to the
+512 real ones. Every vectorised loss first sees a batch holding every class (so the GDP holds
+21 classes), then one warm-up pass on the VOC-scale batch.
 
-Each measurement runs in a fresh subprocess with the same seeded inputs, 2 threads and
+Every worker is a fresh subprocess with the same seeded inputs, 2 threads and
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (on a busy machine, spinning OpenMP
-threads otherwise wait whole timeslices for each other at every op): one warm-up
-forward+backward, then a timed one. The two implementations alternate over 2 rounds so that a
-change in machine load hits both; the table gives the median (mean) of the 2 timed passes and
-the larger peak.
-Peak memory: the peak resident set size (``VmHWM``) is reset through
-``/proc/self/clear_refs`` after the inputs are built and the warm-up has run; the figure is
-``VmHWM`` after the timed passes minus ``VmRSS`` before them, i.e. the peak growth caused by
-the loss: activations, autograd buffers and the gradients of mu and var (2 x 27 MiB, which
-both implementations need). Linux only.
+threads otherwise wait whole timeslices for each other at every op).
+Time: forward+backward. The two vectorised losses alternate pass by pass inside one process
+(5 passes each, in 2 processes), so that a change in machine load hits both; the loop runs one
+timed pass in each of 2 processes. The table gives the best pass of each, in wall-clock time
+and in the process's CPU time (which a busy machine disturbs less: waiting for a core does not
+count).
+Peak memory, one fresh process per implementation: the peak resident set size (``VmHWM``) is
+reset through ``/proc/self/clear_refs`` after the inputs are built and the warm-up has run;
+the figure is ``VmHWM`` after one pass minus ``VmRSS`` before it, i.e. the peak growth caused
+by the loss: activations, autograd buffers and the gradients of mu and var (2 x 27 MiB, which
+every implementation needs). These workers run with ``MALLOC_MMAP_THRESHOLD_=131072``: glibc
+then maps every large block afresh and returns it when freed, instead of keeping the blocks of
+the warm-up (its default, adaptive threshold), which would hide the pass's peak in memory
+already counted in ``VmRSS``; the timing workers keep the default. Linux only.
 """
 
 import json
@@ -37,7 +47,10 @@ from prcl.losses import PRCLLoss
 
 BATCH, DIMS, SIZE, CLASSES, PRESENT = 4, 256, 81, 21, 6
 QUERIES, NEGATIVES, TEMPERATURE = 256, 512, 100.0
-REPEATS, ROUNDS = 1, 2
+VIRTUAL, RADIUS = 32, 1.0
+PASSES, PROCESSES = 5, 2
+NAMES = {"vectorised": "`PRCLLoss`", "gdp_vn": f"`PRCLLoss`, GDP + VN (K = {VIRTUAL})",
+         "loop": "loop (`tests/prcl_reference.py`)"}
 
 
 def voc_scale_inputs(seed: int = 0):
@@ -57,68 +70,103 @@ def _kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())[1])
 
 
-def worker(name: str) -> dict:
-    """Time and measure one implementation in this (fresh) process."""
+def _losses(mu, var, labels, probs, names):
+    """name -> ``f(seed) -> loss value``: one forward+backward of that implementation, after
+    its warm-up."""
+    extension = {"prototypes": "global", "virtual_negatives": VIRTUAL, "virtual_radius": RADIUS}
+    every_class = torch.arange(BATCH * SIZE * SIZE).remainder(CLASSES).view_as(labels)
+    passes = {}
+    for name in names:
+        if name == "loop":
+            def one_pass(seed):
+                return loop_prcl_loss(mu, var, labels, probs, QUERIES, NEGATIVES, TEMPERATURE,
+                                      generator=torch.Generator().manual_seed(seed))
+        else:
+            prcl = PRCLLoss(QUERIES, NEGATIVES, TEMPERATURE,
+                            **(extension if name == "gdp_vn" else {}))
+            prcl(mu, var, every_class, probs, generator=torch.Generator().manual_seed(0))
+            if name == "gdp_vn":
+                assert prcl.global_prototypes.summary()["gdp_classes_seen"] == CLASSES
+
+            def one_pass(seed, prcl=prcl):
+                return prcl(mu, var, labels, probs, generator=torch.Generator().manual_seed(seed))
+
+        def step(seed, one_pass=one_pass):
+            mu.grad = var.grad = None
+            loss = one_pass(seed)
+            loss.backward()
+            return loss.item()
+
+        step(0)
+        passes[name] = step
+    return passes
+
+
+def worker(mode: str) -> dict:
+    """``time``: alternate the vectorised losses; ``time-loop``; ``memory-NAME``."""
     torch.set_num_threads(2)
     mu, var, labels, probs = voc_scale_inputs()
-    prcl = PRCLLoss(QUERIES, NEGATIVES, TEMPERATURE)
-
-    def step(seed: int) -> float:
+    if mode.startswith("memory-"):
+        name = mode.removeprefix("memory-")
+        step = _losses(mu, var, labels, probs, [name])[name]
         mu.grad = var.grad = None
-        g = torch.Generator().manual_seed(seed)
-        if name == "vectorised":
-            loss = prcl(mu, var, labels, probs, generator=g)
-        else:
-            loss = loop_prcl_loss(mu, var, labels, probs, QUERIES, NEGATIVES, TEMPERATURE,
-                                  generator=g)
-        loss.backward()
-        return loss.item()
-
-    step(0)
-    mu.grad = var.grad = None
-    Path("/proc/self/clear_refs").write_text("5")
-    rss_before = _kib("VmRSS")
-    seconds, values = [], []
-    for seed in range(1, REPEATS + 1):
-        start = time.perf_counter()
-        values.append(step(seed))
-        seconds.append(time.perf_counter() - start)
-    peak_mib = (_kib("VmHWM") - rss_before) / 1024
-    return {"seconds": seconds, "peak_mib": peak_mib, "losses": values}
+        Path("/proc/self/clear_refs").write_text("5")
+        rss_before = _kib("VmRSS")
+        step(1)
+        return {name: {"peak_mib": (_kib("VmHWM") - rss_before) / 1024}}
+    names = ["loop"] if mode == "time-loop" else ["vectorised", "gdp_vn"]
+    passes = _losses(mu, var, labels, probs, names)
+    out = {name: {"seconds": [], "cpu_seconds": [], "losses": []} for name in names}
+    for seed in range(1, (1 if mode == "time-loop" else PASSES) + 1):
+        for name in names if seed % 2 else names[::-1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out[name]["losses"].append(passes[name](seed))
+            out[name]["cpu_seconds"].append(time.process_time() - start_cpu)
+            out[name]["seconds"].append(time.perf_counter() - start)
+    return out
 
 
 def measure(env: dict) -> dict:
-    """Alternate fresh worker processes; summarise each implementation over its runs."""
-    runs = {"vectorised": [], "loop": []}
-    for _ in range(ROUNDS):
-        for name, measured in runs.items():
-            out = subprocess.run([sys.executable, __file__, name], capture_output=True,
-                                 text=True, check=True, env=env).stdout
-            measured.append(json.loads(out.strip().splitlines()[-1]))
-    return {
-        name: {"seconds": statistics.median(t for m in measured for t in m["seconds"]),
-               "peak_mib": max(m["peak_mib"] for m in measured),
-               "loss": statistics.mean(v for m in measured for v in m["losses"])}
-        for name, measured in runs.items()
-    }
+    """Run the workers; best time, peak memory and mean loss of each implementation."""
+    memory_env = {**env, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    jobs = [("time", env), ("time-loop", env)] * PROCESSES + [
+        (f"memory-{name}", memory_env) for name in NAMES]
+    merged = {name: {"seconds": [], "cpu_seconds": [], "losses": []} for name in NAMES}
+    for mode, job_env in jobs:
+        out = subprocess.run([sys.executable, __file__, mode], capture_output=True, text=True,
+                             check=True, env=job_env).stdout
+        for name, values in json.loads(out.strip().splitlines()[-1]).items():
+            for key, value in values.items():
+                merged[name][key] = value if key == "peak_mib" else merged[name][key] + value
+    return {name: {"seconds": min(m["seconds"]), "cpu_seconds": min(m["cpu_seconds"]),
+                   "peak_mib": m["peak_mib"], "loss": statistics.mean(m["losses"])}
+            for name, m in merged.items()}
 
 
 def main() -> None:
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     load_before = os.getloadavg()[0]
     results = measure(env)
-    vec, loop = results["vectorised"], results["loop"]
+    vec, gdp, loop = results["vectorised"], results["gdp_vn"], results["loop"]
     print(f"PRCL loss, forward+backward, batch {BATCH} at {SIZE}x{SIZE}, {DIMS} dims, "
           f"{CLASSES} classes ({PRESENT} present), {QUERIES} queries, {NEGATIVES} negatives, "
           f"2 threads, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}, torch {torch.__version__}, "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
-    print(f"| implementation | forward+backward (s, median of {REPEATS * ROUNDS}) "
+    print("| implementation | forward+backward (s, best) | CPU time (s, best) "
           "| peak memory (MiB) | mean loss |")
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.3f} | {r['peak_mib']:.0f} | {r['loss']:.4f} |")
-    print(f"| **loop / vectorised** | **{loop['seconds'] / vec['seconds']:.1f}x** "
-          f"| **{loop['peak_mib'] / vec['peak_mib']:.1f}x** | |")
+        print(f"| {NAMES[name]} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} "
+              f"| {r['peak_mib']:.0f} | {r['loss']:.4f} |")
+    for label, a, b, digits in (("loop / vectorised", loop, vec, 1),
+                                ("GDP + VN / vectorised", gdp, vec, 2)):
+        print(f"| **{label}** | **{a['seconds'] / b['seconds']:.{digits}f}x** "
+              f"| **{a['cpu_seconds'] / b['cpu_seconds']:.{digits}f}x** "
+              f"| **{a['peak_mib'] / b['peak_mib']:.{digits}f}x** | |")
+    print(f"\nGDP + VN cost {gdp['seconds'] / vec['seconds'] - 1:+.1%} time "
+          f"({gdp['cpu_seconds'] / vec['cpu_seconds'] - 1:+.1%} CPU time) and "
+          f"{gdp['peak_mib'] / vec['peak_mib'] - 1:+.1%} memory on top of the loss "
+          f"({gdp['peak_mib'] - vec['peak_mib']:+.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,13 @@ import torch.nn.functional as F
 from prcl.config import load_config
 from prcl.data import mix, normalize, photometric, random_scale_crop
 from prcl.engine.ema import ema_update
-from prcl.engine.step import contrastive_labels, teacher_pseudo_labels, upsample
-from prcl.losses import PRCLLoss, pseudo_label_ce
+from prcl.engine.step import (
+    contrastive_labels,
+    prcl_loss_from_config,
+    teacher_pseudo_labels,
+    upsample,
+)
+from prcl.losses import pseudo_label_ce
 from prcl.models import build_model
 
 
@@ -49,8 +54,7 @@ def main() -> None:
     optimizers = [torch.optim.SGD(groups[k], lr=lr, momentum=0.9, nesterov=True,
                                   weight_decay=5e-4)
                   for k, lr in (("network", 3.2e-3), ("probability_head", 5e-5))]
-    prcl_loss = PRCLLoss(cfg.loss.num_queries, cfg.loss.num_negatives, cfg.loss.temperature,
-                         cfg.loss.strong_threshold)
+    prcl_loss = prcl_loss_from_config(cfg.loss)
     generator = torch.Generator(device).manual_seed(0)
     b, s = args.batch, args.size
     images_l = torch.rand(b, 3, s, s, device=device)

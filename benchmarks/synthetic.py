@@ -2,10 +2,13 @@
 dataset, the same labelled subset, steps and labelled batch for both, at the demo's budget
 (or a multiple of it). Each seed changes the labelled subset, the initialisation and the data
 order. ``--all-labelled`` adds the upper bound: the baseline with every training image
-labelled, on the same steps.
+labelled, on the same steps. ``--prcl-variant "KEY=VALUE ..."`` adds a row: PRCL with those
+overrides on top, e.g. the 2024 extension's options (``"loss.prototypes=global
+loss.virtual_negatives=16"``), so one table holds PRCL with and without them.
 
     .venv/bin/python benchmarks/synthetic.py [--seeds 0 1 2] [--epochs-factor 1] [--jobs 1]
-                                             [--all-labelled] [KEY=VALUE ...]
+                                             [--all-labelled] [--prcl-variant "K=V ..."]
+                                             [KEY=VALUE ...]
 
 Prints one line per run and the mean and standard deviation of the final mIoU per method.
 With ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads. A
@@ -49,6 +52,8 @@ def main() -> None:
                         help="train this many times the demo's epochs (default 1)")
     parser.add_argument("--all-labelled", action="store_true",
                         help="also train the baseline with every training image labelled")
+    parser.add_argument("--prcl-variant", default="", metavar='"KEY=VALUE ..."',
+                        help="also train PRCL with these overrides on top")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, in processes")
     parser.add_argument("--out", default="runs/benchmark-synthetic")
     args = parser.parse_args()
@@ -57,15 +62,20 @@ def main() -> None:
     epochs = round(base.train.epochs * args.epochs_factor)
     warmup = round(base.train.labelled_warmup_epochs * args.epochs_factor)
     every_image = base.data.synthetic.num_train
-    rows = {"supervised": ("supervised", []), "prcl": ("prcl", [])}
+    # row name -> (method, extra overrides, run folder name)
+    rows = {"supervised": ("supervised", [], "supervised"), "prcl": ("prcl", [], "prcl")}
     if args.all_labelled:
         rows[f"supervised, all {every_image} labelled"] = (
-            "supervised", [f"data.num_labels={every_image}"])
+            "supervised", [f"data.num_labels={every_image}"], "supervised-all")
+    if args.prcl_variant:
+        variant = args.prcl_variant.split()
+        load_config("synthetic", [*args.overrides, *variant])  # a bad key stops us here
+        rows[f"prcl, {' '.join(variant)}"] = ("prcl", variant, "prcl-variant")
     runs = [(row, seed, [
         *args.overrides, *extra, f"train.epochs={epochs}", f"ramp.max_epoch={epochs}",
         f"train.eval_every={epochs}", f"train.labelled_warmup_epochs={warmup}",
-        f"train.out_dir={args.out}/{method}{'-all' if extra else ''}-seed{seed}",
-    ]) for row, (method, extra) in sorted(rows.items(), key=lambda r: r[1][0] != "prcl")
+        f"train.out_dir={args.out}/{folder}-seed{seed}",
+    ]) for row, (method, extra, folder) in sorted(rows.items(), key=lambda r: r[1][0] != "prcl")
         for seed in args.seeds]  # the slower PRCL runs first
     miou: dict[tuple[str, int], float] = {}
 
@@ -96,9 +106,10 @@ def main() -> None:
         listed = ", ".join(f"{v:.1f}" for v in values)
         print(f"| {row} | {statistics.mean(values):.1f} | {std:.1f} | {min(values):.1f} | "
               f"{listed} |")
-    gains = [miou["prcl", s] - miou["supervised", s] for s in args.seeds]
-    print(f"\nPRCL - supervised per seed: {', '.join(f'{g:+.1f}' for g in gains)} "
-          f"(mean {statistics.mean(gains):+.1f}, smallest {min(gains):+.1f})")
+    for row in (r for r in rows if r.startswith("prcl")):
+        gains = [miou[row, s] - miou["supervised", s] for s in args.seeds]
+        print(f"\n{row} - supervised per seed: {', '.join(f'{g:+.1f}' for g in gains)} "
+              f"(mean {statistics.mean(gains):+.1f}, smallest {min(gains):+.1f})")
 
 
 if __name__ == "__main__":

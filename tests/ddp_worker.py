@@ -1,8 +1,8 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node=2`` (gloo, CPU).
 
-Trains a few steps through the library, then writes what each rank holds: its networks, the
-mIoU of the distributed evaluation, prototypes built from every rank's pixels, and class-mix
-partners from the gathered batch."""
+Trains a few steps through the library, then writes what each rank holds: its networks, its
+global prototypes, the mIoU of the distributed evaluation, prototypes built from every rank's
+pixels, and class-mix partners from the gathered batch."""
 
 import sys
 from pathlib import Path
@@ -29,7 +29,8 @@ images = torch.arange(3.0).view(3, 1, 1) + 10 * rank
 (partner,) = gathered_partners(images)
 
 # rank 1 holds a single class: it returns a zero, yet must still join the prototype reduction
-loss_fn = PRCLLoss(num_queries=8, num_negatives=8, reduce_sum=all_reduce_sum)
+loss_fn = PRCLLoss(num_queries=8, num_negatives=8, reduce_sum=all_reduce_sum,
+                   prototypes="global")
 mu4 = torch.randn(1, 6, 4, 4, generator=g, requires_grad=True)
 var4 = (torch.rand(1, 6, 4, 4, generator=g) + 0.05).requires_grad_()
 labels4 = torch.zeros(1, 4, 4, dtype=torch.long)
@@ -41,6 +42,7 @@ lone_class_loss.backward()
 torch.save({
     "student": trainer.student.state_dict(),
     "teacher": trainer.teacher.state_dict(),
+    "gdp": trainer.prcl_loss.global_prototypes.sums,
     "miou": result.last_miou,
     "lr": trainer.optimizer.param_groups[0]["initial_lr"],
     "inputs": (mu, var, labels),
@@ -48,5 +50,6 @@ torch.save({
     "partner": partner,
     "lone_class_loss": lone_class_loss.item(),
     "lone_class_grad": mu4.grad is not None,
+    "lone_class_gdp": loss_fn.global_prototypes.sums,
 }, out / f"rank{rank}.pt")
 torch.distributed.destroy_process_group()

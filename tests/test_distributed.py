@@ -22,6 +22,7 @@ SETTINGS = [
     "loss.num_queries=16", "loss.num_negatives=32", "optim.reference_batch_size=2",
     "train.epochs=2", "train.steps_per_epoch=2", "train.eval_every=2", "ramp.max_epoch=2",
     "train.labelled_warmup_epochs=1",  # steps 1-2 on labels only, 3-4 the whole method
+    "loss.prototypes=global", "loss.gdp_forgetting=0.9", "loss.virtual_negatives=4",
 ]
 
 
@@ -70,6 +71,16 @@ def test_gathered_prototypes_equal_those_of_the_concatenated_batch(ddp_run):
     for r in ranks:
         for got, want in zip(r["prototypes"], expected, strict=True):
             assert torch.allclose(got.float(), want.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_both_ranks_hold_identical_global_prototypes(ddp_run):
+    root, _, (a, b) = ddp_run
+    assert torch.equal(a["gdp"], b["gdp"]) and (a["gdp"][:, -1] > 0).sum() >= 2
+    saved = load_checkpoint(root / "run" / "last.pth")["training"]["global_prototypes"]
+    assert torch.equal(saved["sums"], a["gdp"])
+    # rank 1's batch holds one class: its loss returns early, yet it folds the same sums
+    assert torch.equal(a["lone_class_gdp"], b["lone_class_gdp"])
+    assert (a["lone_class_gdp"][:, -1] > 0).sum() == 2
 
 
 def test_class_mix_partner_is_the_global_successor(ddp_run):

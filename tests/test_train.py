@@ -101,10 +101,15 @@ def test_labelled_warmup_is_the_supervised_run_until_the_teacher_joins(cache, tm
     assert not torch.equal(after["classifier.3.weight"], supervised["classifier.3.weight"])
 
 
-@pytest.mark.parametrize("warmup", [0, 1])
-def test_resume_continues_bitwise(cache, tmp_path, warmup):
-    extra = ("train.deterministic=true", "train.eval_every=2",
-             f"train.labelled_warmup_epochs={warmup}")
+GDP_VN = ("loss.prototypes=global", "loss.gdp_forgetting=0.9", "loss.virtual_negatives=4",
+          "loss.virtual_radius=2")
+
+
+@pytest.mark.parametrize("options", [("train.labelled_warmup_epochs=0",),
+                                     ("train.labelled_warmup_epochs=1",), GDP_VN],
+                         ids=["no-warmup", "warmup", "gdp-vn"])
+def test_resume_continues_bitwise(cache, tmp_path, options):
+    extra = ("train.deterministic=true", "train.eval_every=2", *options)
     cfg = tiny(cache, tmp_path / "straight", *extra)
     straight = Trainer(cfg, progress=False)
     straight.fit()
@@ -119,6 +124,17 @@ def test_resume_continues_bitwise(cache, tmp_path, warmup):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert straight.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
         resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
+    if options == GDP_VN:
+        gdp = straight.prcl_loss.global_prototypes.sums
+        assert torch.equal(gdp, resumed.prcl_loss.global_prototypes.sums)
+        saved = load_checkpoint(tmp_path / "straight" / "last.pth")["training"]
+        assert torch.equal(saved["global_prototypes"]["sums"], gdp)
+        records = [json.loads(line) for line in
+                   (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+        logged = [r["train"] for r in records if "train" in r]
+        seen = [t["gdp_classes_seen"] for t in logged]  # a class seen once stays seen
+        assert len(seen) == 4 and seen == sorted(seen) and seen[-1] == (gdp[:, -1] > 0).sum()
+        assert all(0 < t["gdp_mean_var"] < 1 for t in logged)
 
 
 
@@ -349,6 +365,10 @@ def test_overrides_may_sit_on_either_side_of_options(capsys):
     ("train.ema_alpha=1.5", "'train.ema_alpha' is 1.5; it must be in [0, 1)"),
     ("optim.lr=nan", "'optim.lr' is nan; it must be above 0"),
     ("data.unlabeled_batch_size=0", "'data.unlabeled_batch_size' is 0"),
+    ("loss.prototypes=globl", "'loss.prototypes' is 'globl'; did you mean 'global'?"),
+    ("loss.gdp_forgetting=1.5", "'loss.gdp_forgetting' is 1.5; it must be between 0 and 1"),
+    ("loss.virtual_negatives=-1", "'loss.virtual_negatives' is -1; it must be 0 (off) or more"),
+    ("loss.virtual_radius=-0.5", "'loss.virtual_radius' is -0.5; it must be 0 or more"),
 ])
 def test_values_out_of_range_are_refused_before_anything_is_made(tmp_path, capsys, override,
                                                                   words):

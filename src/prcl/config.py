@@ -95,6 +95,17 @@ class LossConfig:
     temperature: float = 100.0
     num_queries: int = 256
     num_negatives: int = 512
+    prototypes: str = "batch"
+    """Where the positive comes from: batch (the AAAI paper: the current batch's prototypes) |
+    global (the 2024 extension's global distribution prototypes, GDP, gathered over the run)"""
+    gdp_forgetting: float = 0.99
+    """GDP forgetting factor gamma in [0, 1]: the accumulated precision decays by gamma per
+    step before the batch's is added; 0 = the batch prototypes, 1 = never forget (the
+    authors' code). Used when prototypes=global or virtual_negatives > 0."""
+    virtual_negatives: int = 0
+    """Virtual negatives per anchor and other class, drawn from that class's GDP; 0 = off."""
+    virtual_radius: float = 1.0
+    """Radius r of the virtual negatives, in units of the GDP's standard deviation."""
 
 
 @dataclass
@@ -176,6 +187,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("voc", "cityscapes", "folder", "synthetic"),
     "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
     "loss.unsupervised_weighting": ("image", "pixel"),
+    "loss.prototypes": ("batch", "global"),
     "train.method": ("prcl", "supervised"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "eval.mode": ("whole", "sliding"),
@@ -358,6 +370,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "loss.temperature": (1e-12, math.inf, "above 0"),
     "loss.num_queries": (1, math.inf, "at least 1"),
     "loss.num_negatives": (1, math.inf, "at least 1"),
+    "loss.gdp_forgetting": (0, 1, "between 0 and 1"),
+    "loss.virtual_negatives": (0, math.inf, "0 (off) or more"),
+    "loss.virtual_radius": (0, math.inf, "0 or more"),
     "ramp.max_value": (0, math.inf, "0 or more"),
     "ramp.min_value": (0, math.inf, "0 or more"),
     "ramp.max_epoch": (1, math.inf, "at least 1"),

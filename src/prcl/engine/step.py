@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prcl.config import Config
+from prcl.config import Config, LossConfig
 from prcl.data import IGNORE_INDEX, mix, normalize, photometric, random_scale_crop
 from prcl.losses import PRCLLoss, pseudo_label_ce
+from prcl.losses.prototypes import ReduceSum
 
 Partners = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
@@ -60,6 +61,14 @@ def contrastive_labels(
     labelled = torch.where(labels == IGNORE_INDEX, -1, labels)
     both = torch.cat([labelled, unlabelled]).unsqueeze(1).float()
     return F.interpolate(both, size=size, mode="nearest").squeeze(1).long()
+
+
+def prcl_loss_from_config(cfg: LossConfig, reduce_sum: ReduceSum | None = None) -> PRCLLoss:
+    """The PRCL loss of sections 5-6 (and the section 8 options) that ``cfg`` describes."""
+    return PRCLLoss(
+        cfg.num_queries, cfg.num_negatives, cfg.temperature, cfg.strong_threshold, reduce_sum,
+        cfg.prototypes, cfg.gdp_forgetting, cfg.virtual_negatives, cfg.virtual_radius,
+    )
 
 
 def prcl_step_losses(

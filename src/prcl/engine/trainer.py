@@ -32,12 +32,12 @@ from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
 from prcl.engine.step import (
     StepLosses,
+    prcl_loss_from_config,
     prcl_step_losses,
     supervised_step_losses,
 )
 from prcl.errors import DataError, PrclError
 from prcl.evaluation import Scores, evaluate
-from prcl.losses import PRCLLoss
 from prcl.models import model_from_config
 
 
@@ -147,10 +147,8 @@ class Trainer:
         self.amp = amp_dtype(cfg.train.amp, self.rt.device)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
 
-        self.prcl_loss = PRCLLoss(
-            cfg.loss.num_queries, cfg.loss.num_negatives, cfg.loss.temperature,
-            cfg.loss.strong_threshold,
-            reduce_sum=distributed.all_reduce_sum if self.rt.distributed else None,
+        self.prcl_loss = prcl_loss_from_config(
+            cfg.loss, distributed.all_reduce_sum if self.rt.distributed else None
         )
         self.generator = torch.Generator(self.rt.device)
         self.generator.manual_seed(sample_seed(cfg.train.seed, self.rt.rank, 1))
@@ -397,6 +395,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "world_size": self.rt.world_size,
         }
+        if self.prcl_loss.global_prototypes is not None:
+            training["global_prototypes"] = self.prcl_loss.global_prototypes.state_dict()
         return make_checkpoint(self.cfg, self.student, self.teacher, self.data.class_names,
                                training)
 
@@ -441,6 +441,8 @@ class Trainer:
         self.head_scheduler.load_state_dict(training["head_scheduler"])
         self.scaler.load_state_dict(training["scaler"])
         self.generator.set_state(training["generators"][self.rt.rank])
+        if self.prcl_loss.global_prototypes is not None and "global_prototypes" in training:
+            self.prcl_loss.global_prototypes.load_state_dict(training["global_prototypes"])
         torch.set_rng_state(training["torch_rng"])
         self.step = training["step"]
         self.best_miou = training["best_miou"]
@@ -468,6 +470,8 @@ class Trainer:
         values.update(lambda_c=self.lambda_c(), lr=self.scheduler.get_last_lr()[0],
                       lr_probability_head=self.head_scheduler.get_last_lr()[0],
                       skipped_steps=self.skipped_steps, it_per_s=rate)
+        if self.prcl_loss.global_prototypes is not None:
+            values.update(self.prcl_loss.global_prototypes.summary())
         bar.set_postfix(loss=f"{values['total']:.3f}", sup=f"{values['supervised']:.3f}",
                         unsup=f"{values['unsupervised']:.3f}",
                         prcl=f"{values['contrastive']:.3f}", lr=f"{values['lr']:.2e}")

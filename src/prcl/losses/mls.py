@@ -41,3 +41,28 @@ def mutual_likelihood_score(
         var_a.clamp_min(VAR_FLOOR),
         var_b.clamp_min(VAR_FLOOR),
     )
+
+
+def mls_to_points(
+    mu_hat: torch.Tensor, var: torch.Tensor, points_hat: torch.Tensor
+) -> torch.Tensor:
+    """MLS of section 3 between R Gaussians and V points of zero variance, as one matrix.
+
+    With ``s_b = 0`` the denominator ``s_a`` no longer depends on b, and the score expands as
+    ``MLS(a, b) = -1/(2D) * [sum_d mû_a^2/s_a - 2 sum_d (mû_a/s_a) b + sum_d b^2/s_a
+    + sum_d log s_a]``: one ``[R, 2D] x [2D, V]`` matmul, never an ``[R, V, D]`` tensor.
+    Differentiable in ``mu_hat`` and ``var`` by autograd.
+
+    Args:
+        mu_hat: ``[R, D]`` L2-normalised means.
+        var: ``[R, D]`` variances, already floored (``VAR_FLOOR``).
+        points_hat: ``[V, D]`` L2-normalised points.
+
+    Returns:
+        ``[R, V]`` scores.
+    """
+    precision = var.reciprocal()
+    own = (mu_hat.square() * precision + var.log()).sum(1, keepdim=True)
+    left = torch.cat([mu_hat * precision * -2, precision], 1)
+    right = torch.cat([points_hat, points_hat.square()], 1)
+    return torch.addmm(own, left, right.T).mul_(-0.5 / mu_hat.shape[1])

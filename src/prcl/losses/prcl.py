@@ -1,4 +1,5 @@
-"""The PRCL loss: probabilistic representation contrastive learning (METHOD.md sections 5-6).
+"""The PRCL loss: probabilistic representation contrastive learning (METHOD.md sections 5-6),
+with the 2024 extension's global prototypes and virtual negatives as options (section 8).
 
 Vectorised over classes, queries and negatives: the anchors and negatives of every class are
 drawn in one batched call each (``prcl.losses.sampling``), and the cross-entropy over the
@@ -10,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from prcl.losses.contrast import mls_contrast_ce
-from prcl.losses.mls import VAR_FLOOR
-from prcl.losses.prototypes import ReduceSum, distribution_prototypes
-from prcl.losses.sampling import negative_class_probs, participating_pixels
+from prcl.losses.global_prototypes import GlobalPrototypes
+from prcl.losses.mls import VAR_FLOOR, mls_to_points
+from prcl.losses.prototypes import ReduceSum, class_sufficient_statistics, prototypes_from_sums
+from prcl.losses.sampling import negative_class_probs, participating_pixels, virtual_negatives
+
+PROTOTYPES = ("batch", "global")
 
 
 class PRCLLoss(nn.Module):
@@ -29,9 +33,23 @@ class PRCLLoss(nn.Module):
     the anchors' mu and var only. With fewer than two counted classes (or no anchor) the loss
     is ``0 * (mu.sum() + var.sum())``, a zero that keeps every parameter in the graph.
 
-    Computed in float32 with autocast disabled. Sampling uses ``torch.rand`` and
-    ``torch.multinomial`` on the inputs' device with ``generator``, whose device must be
-    ``mu.device`` (``None``: that device's default generator); same generator state, same loss.
+    The 2024 extension (METHOD.md section 8), off by default: ``prototypes="global"`` takes
+    the positive and the negative-class weights from the global distribution prototypes
+    (``global_distribution_prototypes``, forgetting factor ``gdp_forgetting``, this call's
+    batch folded in) instead of the batch's; ``virtual_negatives=K > 0`` adds, for every
+    anchor, K negatives per other class the GDP has seen, ``v ~ N(mu_k, r^2 diag(s_k))``
+    (``virtual_negatives``, r = ``virtual_radius``), scored as points of zero variance
+    (``mls_to_points``) and appended to the anchor's logits after the real negatives. The
+    draws of one call are shared by its anchors. The GDP (``global_prototypes``) exists when
+    either option is on; it is folded on every call in training mode (``train()``, as
+    BatchNorm's running statistics), before the early return, so that every process folds
+    the same all-reduced sums.
+
+    Computed in float32 with autocast disabled. Sampling uses ``torch.rand``,
+    ``torch.multinomial`` and ``torch.randn`` on the inputs' device with ``generator``, whose
+    device must be ``mu.device`` (``None``: that device's default generator); same generator
+    state, same loss. The virtual negatives are drawn last, so with K = 0 every other draw is
+    what it was without them.
 
     Args:
         num_queries: anchors per class [256].
@@ -40,6 +58,10 @@ class PRCLLoss(nn.Module):
         strong_threshold: anchors are valid pixels whose own-class probability is below it [0.8].
         reduce_sum: sums the prototype statistics over processes (see
             ``distribution_prototypes``); anchors and negatives stay local.
+        prototypes: ``"batch"`` (the AAAI paper) or ``"global"`` (the GDP) for the positive.
+        gdp_forgetting: gamma of ``global_distribution_prototypes`` in [0, 1] [0.99].
+        virtual_negatives: K virtual negatives per other class and anchor; 0 = none.
+        virtual_radius: r, in units of the GDP's standard deviation [1].
     """
 
     def __init__(
@@ -49,13 +71,25 @@ class PRCLLoss(nn.Module):
         temperature: float = 100.0,
         strong_threshold: float = 0.8,
         reduce_sum: ReduceSum | None = None,
+        prototypes: str = "batch",
+        gdp_forgetting: float = 0.99,
+        virtual_negatives: int = 0,
+        virtual_radius: float = 1.0,
     ) -> None:
         super().__init__()
+        if prototypes not in PROTOTYPES:
+            raise ValueError(f"prototypes '{prototypes}': choose 'batch' or 'global'")
         self.num_queries = num_queries
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.strong_threshold = strong_threshold
         self.reduce_sum = reduce_sum
+        self.prototypes = prototypes
+        self.virtual_negatives = virtual_negatives
+        self.virtual_radius = virtual_radius
+        self.global_prototypes = None
+        if prototypes == "global" or virtual_negatives > 0:
+            self.global_prototypes = GlobalPrototypes(gdp_forgetting)
 
     def forward(
         self,
@@ -81,9 +115,17 @@ class PRCLLoss(nn.Module):
             pool_mu = mu_pix[image, pixel]
             pool_var = var_pix[image, pixel].clamp_min_(VAR_FLOOR)
             # before any early return: with reduce_sum every process must join the reduction
-            proto_mu, proto_var, _ = distribution_prototypes(
+            # and fold the same sums into its global prototypes
+            sums = class_sufficient_statistics(
                 pool_mu, pool_var, valid.classes, num_classes, self.reduce_sum
             )
+            proto_mu, proto_var, _ = prototypes_from_sums(sums)
+            if self.global_prototypes is not None:
+                global_proto = prototypes_from_sums(
+                    self.global_prototypes.fold(sums, keep=self.training)
+                )
+                if self.prototypes == "global":
+                    proto_mu, proto_var, _ = global_proto
         counted = valid.counts.nonzero().squeeze(1)
         anchor_classes = anchors.counts.nonzero().squeeze(1)
         if counted.numel() < 2 or anchor_classes.numel() == 0:
@@ -104,13 +146,32 @@ class PRCLLoss(nn.Module):
             positive_cls = queries.reshape(-1)
             positive_mu_hat = F.normalize(proto_mu, dim=1)[positive_cls]
             positive_var = proto_var.clamp_min(VAR_FLOOR)[positive_cls]
+            if self.virtual_negatives:
+                virtual_mu_hat, virtual_cls = self._virtual_negatives(global_proto, generator)
 
         # gathered from [B, D, hw] so that the gradients come back in mu's own layout
         anchor_image, anchor_pixel = anchor_ids // hw, anchor_ids % hw
         anchor_mu_hat = F.normalize(mu.flatten(2)[anchor_image, :, anchor_pixel], dim=1)
         anchor_var = var.flatten(2)[anchor_image, :, anchor_pixel].clamp_min(VAR_FLOOR)
+        virtual_mls = None
+        if self.virtual_negatives:
+            own_class = positive_cls[:, None] == virtual_cls[None, :]
+            virtual_mls = mls_to_points(anchor_mu_hat, anchor_var, virtual_mu_hat).masked_fill_(
+                own_class, float("-inf"))
         losses = mls_contrast_ce(
             anchor_mu_hat, anchor_var, positive_mu_hat, positive_var,
-            pool_mu_hat, pool_var, negative_pos, self.temperature,
+            pool_mu_hat, pool_var, negative_pos, self.temperature, virtual_mls,
         )
         return losses.sum() / (self.num_queries * counted.numel())
+
+    def _virtual_negatives(self, global_proto, generator):
+        """K draws from the GDP of every class it has seen: (normalised means ``[V, D]``, their
+        classes ``[V]``), ``V = K x classes seen``."""
+        proto_mu, proto_var, weight = global_proto
+        seen = (weight > 0).nonzero().squeeze(1)
+        draws = virtual_negatives(
+            proto_mu[seen], proto_var[seen], self.virtual_negatives, self.virtual_radius,
+            generator,
+        )
+        return F.normalize(draws.flatten(0, 1), dim=1), seen.repeat_interleave(
+            self.virtual_negatives)

@@ -12,7 +12,11 @@ ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def class_sufficient_statistics(
-    mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, num_classes: int
+    mu: torch.Tensor,
+    var: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    reduce_sum: ReduceSum | None = None,
 ) -> torch.Tensor:
     """Per-class sums that define the prototypes of paper Eq. 7-8, packed in one tensor.
 
@@ -21,6 +25,8 @@ def class_sufficient_statistics(
         var: ``[N, D]`` pixel variances (clamped here to ``VAR_FLOOR``).
         labels: ``[N]`` int class of each pixel, -1 for pixels that do not take part.
         num_classes: C.
+        reduce_sum: optional ``f(tensor) -> tensor`` that sums over processes (an all-reduce),
+            called exactly once, on the packed sums; ``None`` for a single process.
 
     Returns:
         ``[C, 2D + 1]`` float32: ``[:, :D]`` = sum_i 1/s_i, ``[:, D:2D]`` = sum_i mu_i/s_i,
@@ -33,7 +39,8 @@ def class_sufficient_statistics(
     stats[:, :dim].index_add_(0, rows, precision)
     stats[:, dim : 2 * dim].index_add_(0, rows, precision.mul_(mu.float()))
     stats[:, 2 * dim].index_add_(0, rows, precision.new_ones(rows.shape[0]))
-    return stats[:num_classes]
+    stats = stats[:num_classes]
+    return stats if reduce_sum is None else reduce_sum(stats)
 
 
 @torch.no_grad()
@@ -63,12 +70,29 @@ def distribution_prototypes(
         pixel (count 0) holds ``proto_mu = 0`` and ``proto_var = 1`` (finite placeholders;
         callers must skip those rows by their count).
     """
-    dim = mu.shape[1]
-    stats = class_sufficient_statistics(mu, var, labels, num_classes)
-    if reduce_sum is not None:
-        stats = reduce_sum(stats)
+    stats = class_sufficient_statistics(mu, var, labels, num_classes, reduce_sum)
+    proto_mu, proto_var, counts = prototypes_from_sums(stats)
+    return proto_mu, proto_var, counts.round().long()
+
+
+@torch.no_grad()
+def prototypes_from_sums(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 7-8 from the packed sums of ``class_sufficient_statistics`` (or their decayed
+    running version, ``global_distribution_prototypes``): ``s_c = 1 / stats[c, :D]``,
+    ``mu_c = s_c * stats[c, D:2D]``.
+
+    Args:
+        stats: ``[C, 2D + 1]`` per-class sums of 1/s_i, mu_i/s_i and the pixel count.
+
+    Returns:
+        ``(proto_mu [C, D], proto_var [C, D], counts [C])`` in the dtype of ``stats``. A row
+        without a prototype (count 0, or a precision that decayed to 0) holds the
+        placeholders ``mu = 0``, ``var = 1`` and count 0.
+    """
+    dim = (stats.shape[1] - 1) // 2
     precision_sum, weighted_mu_sum, counts = stats.split([dim, dim, 1], dim=1)
-    present = counts > 0
+    present = (counts > 0) & (precision_sum > 0).all(1, keepdim=True)
+    counts = torch.where(present, counts, 0.0)
     proto_var = torch.where(present, precision_sum.reciprocal(), 1.0)
     proto_mu = torch.where(present, proto_var * weighted_mu_sum, 0.0)
-    return proto_mu, proto_var, counts.squeeze(1).round().long()
+    return proto_mu, proto_var, counts.squeeze(1)

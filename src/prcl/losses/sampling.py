@@ -97,3 +97,29 @@ def participating_pixels(
     own_prob = probs.detach().flatten(2)[valid.ids // hw, valid.classes, valid.ids % hw]
     hard = own_prob < strong_threshold
     return valid, ClassSegments.group(valid.ids[hard], valid.classes[hard], num_classes)
+
+
+def virtual_negatives(
+    proto_mu: torch.Tensor,
+    proto_var: torch.Tensor,
+    per_class: int,
+    radius: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Virtual negatives of PRCL's 2024 extension (METHOD.md section 8), drawn from the
+    classes' global distribution prototypes: ``v = mu_c + r * sigma_c * eps``,
+    ``eps ~ N(0, I)``, i.e. ``v ~ N(mu_c, r^2 diag(s_c))`` per class c, with ``sigma_c =
+    sqrt(s_c)`` and ``r = radius``.
+
+    Args:
+        proto_mu, proto_var: ``[M, D]`` the classes' prototypes (mean unnormalised, variance).
+        per_class: K draws per class.
+        radius: r >= 0 scales the prototype's standard deviation.
+        generator: the loss's generator (on the prototypes' device), one ``torch.randn`` call.
+
+    Returns:
+        ``[M, K, D]`` draws, unnormalised.
+    """
+    shape = (proto_mu.shape[0], per_class, proto_mu.shape[1])
+    eps = torch.randn(shape, generator=generator, device=proto_mu.device, dtype=proto_mu.dtype)
+    return torch.addcmul(proto_mu[:, None], proto_var.sqrt().mul(radius)[:, None], eps)
