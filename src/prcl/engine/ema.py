@@ -38,6 +38,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
     for t, s in pairs:
         targets, sources = by_dtype.setdefault(t.dtype, ([], []))
         targets.append(t)
-        sources.append(s.detach())
+        sources.append(s)  # under no_grad: no detach (one dispatch) per tensor
     for targets, sources in by_dtype.values():
         torch._foreach_lerp_(targets, sources, weight)
