@@ -461,8 +461,6 @@ def photometric(images: Tensor, generator: torch.Generator | None = None) -> Ten
     b = images.shape[0]
     order, factors, hue = _jitter_draws(b, images, generator)
     blurred, sigma = _blur_draws(b, images, generator)
-    out = torch.empty_like(images)
-    for part in _chunks(images):
-        jittered = jitter_in_order(images[part], order[part], factors[part], hue[part])
-        out[part] = _blur_(jittered, blurred[part], sigma[part])
-    return out
+    parts = [_blur_(jitter_in_order(images[part], order[part], factors[part], hue[part]),
+                    blurred[part], sigma[part]) for part in _chunks(images)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
