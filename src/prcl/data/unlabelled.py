@@ -2,10 +2,11 @@
 
 Every function takes a batch and draws one set of random choices per image from an optional
 ``torch.Generator`` living on the batch's device, so the same generator state gives the same
-batch. No PIL and no per-image arithmetic: geometry is ``grid_sample`` on one grid (image
-bilinear, antialiased when shrinking; labels and confidence nearest), mixing is masks built
-by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue shift, blur is a
-separable depthwise convolution.
+batch. No PIL and no per-image arithmetic: geometry is a separable resample with per-image
+filter weights built on the device (image: PIL's bilinear, antialiased when shrinking, as two
+``embedding_bag`` row gathers; labels and confidence: one nearest-pixel gather), mixing is
+masks built by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue
+shift, blur is a separable depthwise convolution.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
 confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
@@ -14,6 +15,7 @@ confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,51 +72,159 @@ def _reflect_index(index: Tensor, size: Tensor) -> Tensor:
     return torch.where(folded >= size, period - folded, folded)
 
 
-def _antialiased(images: Tensor, scaled_h: list[int], scaled_w: list[int],
-                 shrunk: list[bool]) -> Tensor:
-    """images [B, 3, H, W] with each shrunk image replaced, in its top-left corner, by its
-    resize to scaled_h[i] x scaled_w[i] with an antialiasing filter (``F.interpolate(...,
-    antialias=True)``: PIL's bilinear, whose triangle filter widens by 1 / scale when
-    shrinking). Bilinear sampling alone would alias there."""
-    out = images.clone()
-    for i, (h, w, small) in enumerate(zip(scaled_h, scaled_w, shrunk, strict=True)):
-        if small:
-            out[i, :, :h, :w] = F.interpolate(images[i:i + 1], size=(h, w), mode="bilinear",
-                                              antialias=True, align_corners=False)[0]
-    return out
+def filter_taps(size: int, min_scale: float) -> int:
+    """How many source pixels the bilinear filter of ``_resample_weights`` can touch for one
+    output pixel, along an axis of ``size`` pixels rescaled by at least ``min_scale``: a
+    triangle of half-width max(1, size / scaled) covers at most floor(2 * half-width) + 1
+    pixels; one more absorbs rounding. A Python int from shapes and settings (no device read)."""
+    half_width = max(1.0, size / max(math.floor(min_scale * size), 1))
+    return min(math.floor(2.0 * half_width) + 2, size)
 
 
-def _grid(src_y: Tensor, src_x: Tensor, h: int, w: int) -> Tensor:
-    """Source positions in pixel units, rows [B, n] and columns [B, n], as ``grid_sample``'s
-    [B, n, n, 2] grid of an [h, w] source (align_corners=False)."""
-    b, n = src_y.shape
-    return torch.stack(((2.0 * src_x / w - 1.0)[:, None, :].expand(b, n, n),
-                        (2.0 * src_y / h - 1.0)[:, :, None].expand(b, n, n)), dim=-1)
+def _resample_weights(positions: Tensor, scaled: Tensor, size: int,
+                      taps: int) -> tuple[Tensor, Tensor]:
+    """PIL's bilinear resize along one axis, as weights of ``taps`` consecutive source pixels.
+
+    The scaled axis has scaled[i] pixels over a source axis of ``size``; positions [B, n] are
+    the scaled pixels each output pixel shows. Scaled pixel p covers source positions around
+    centre (p + 0.5) * size / scaled; source pixel k weighs tri((k + 0.5 - centre) / a),
+    a = max(1, size / scaled), tri(x) = max(0, 1 - |x|), normalised to sum 1. When shrinking
+    the triangle widens by 1 / scale (PIL's and ``F.interpolate(antialias=True)``'s
+    antialiasing); when growing it is plain bilinear interpolation. The taps start at the
+    first pixel of positive weight, moved inside [0, size - taps].
+
+    positions [B, n] int64, scaled [B] int64 -> (first [B, n] int64, weights [B, n, taps]
+    float32).
+    """
+    ratio = (size / scaled.float())[:, None]  # source pixels per scaled pixel, [B, 1]
+    half_width = ratio.clamp(min=1.0)
+    centre = (positions + 0.5) * ratio
+    first = (centre - half_width + 0.5).floor_().clamp_(0, size - taps)
+    offsets = torch.arange(taps, device=positions.device, dtype=centre.dtype)
+    distance = (first[..., None] + offsets + 0.5 - centre[..., None]) / half_width[..., None]
+    weights = distance.abs_().neg_().add_(1.0).clamp_(min=0.0)
+    return first.long(), weights / weights.sum(-1, keepdim=True)
 
 
-def _fill_padding(maps: Tensor, fill: float, valid_rows: list[int], valid_cols: list[int],
-                  flipped: list[bool]) -> Tensor:
-    """Write ``fill`` into the padded part of each crop of maps [B, h, w], in place.
+def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
+    """Resample x [B, C, N, L] along dim 2 -> [B, C, n, L]: output row r of image i is
+    sum_t weights[i, r, t] * x[i, :, first[i, r] + t] (first [B, n], weights [B, n, taps]).
 
-    Crop i is padding from row valid_rows[i] on and from column valid_cols[i] on (the first
-    w - valid_cols[i] columns when flipped[i]). Padding is a rectangle per image, so slices
-    write it touching nothing else (a [B, h, w] mask costs several passes over the batch)."""
-    width = maps.shape[-1]
-    for i, (rows, cols, flip) in enumerate(zip(valid_rows, valid_cols, flipped, strict=True)):
-        maps[i, rows:] = fill
-        maps[i, :, slice(0, width - cols) if flip else slice(cols, width)] = fill
-    return maps
+    One ``embedding_bag`` over the rows of all images and channels: a fused gather and
+    weighted sum of whole contiguous rows, with no dense [n, N] matrix (a batched matmul
+    would spend ~100x the multiplications on zero weights)."""
+    b, c, n_in, length = x.shape
+    n, taps = weights.shape[1:]
+    row0 = torch.arange(b * c, device=x.device).view(b, c, 1, 1) * n_in
+    steps = torch.arange(taps, device=x.device)
+    index = (row0 + first[:, None, :, None] + steps).view(-1, taps)
+    per_row = weights.to(x.dtype)[:, None].expand(b, c, n, taps).reshape(-1, taps)
+    out = F.embedding_bag(index, x.reshape(b * c * n_in, length), mode="sum",
+                          per_sample_weights=per_row)
+    return out.view(b, c, n, length)
 
 
-def _sample_nearest(maps: Tensor, grid: Tensor, fill: float,
-                    padding: tuple[list[int], list[int], list[bool]]) -> Tensor:
-    """maps [B, H, W] at grid [B, h, w, 2] (``grid_sample``'s convention), nearest neighbour,
-    with ``fill`` written into the padding (``_fill_padding``'s arguments) -> [B, h, w] of
-    maps' dtype. One channel at a time through float32: exact for labels (below 2^24), and
-    cheaper than stacking labels and confidence into one tensor first."""
-    near = F.grid_sample(maps.float()[:, None], grid, mode="nearest", padding_mode="border",
-                         align_corners=False)[:, 0]
-    return _fill_padding(near, fill, *padding).to(maps.dtype)
+def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor]) -> Tensor:
+    """Separable resample of images [B, C, H, W] -> [B, C, h, w] with the (first, weights) of
+    ``_resample_weights`` for rows ([B, h], [B, h, taps]) and columns ([B, w], [B, w, taps]):
+    rows first, then the columns as the rows of the transposed intermediate, transposed back."""
+    by_rows = _resample_dim2(images, *rows)  # [B, C, h, W]
+    by_cols = _resample_dim2(by_rows.transpose(2, 3).contiguous(), *cols)  # [B, C, w, h]
+    return by_cols.transpose(2, 3).contiguous()
+
+
+def _nearest_source(positions: Tensor, scaled: Tensor, size: int) -> Tensor:
+    """The source pixel [B, n] that contains the centre of each scaled pixel positions [B, n]
+    of an axis scaled from size to scaled [B] pixels: floor((p + 0.5) * size / scaled), in
+    integers, so exact (a centre on a pixel border belongs to the pixel that starts there)."""
+    return ((2 * positions + 1) * size).div(2 * scaled[:, None], rounding_mode="floor")
+
+
+def _padded_pixel_index(source_rows: Tensor, source_cols: Tensor, height: int,
+                        width: int) -> Tensor:
+    """[B, h, w] int32 positions of the pixels source_rows [B, h] x source_cols [B, w] in a
+    flattened [B, height + 1, width + 1] batch (``_gather_padded``'s table)."""
+    b = source_rows.shape[0]
+    image0 = torch.arange(b, device=source_rows.device)[:, None] * ((height + 1) * (width + 1))
+    row0 = (image0 + source_rows * (width + 1)).int()
+    return row0[:, :, None] + source_cols.int()[:, None, :]  # int32: half an int64's traffic
+
+
+def _gather_padded(maps: Tensor, index: Tensor, fill: float) -> Tensor:
+    """maps [B, H, W] at index [B, h, w] (``_padded_pixel_index``) -> [B, h, w] of maps'
+    dtype, exact; row H and column W, one past the end, read ``fill``. One gather from maps
+    padded with a row and a column of ``fill``: the padding needs no mask, no second pass."""
+    table = F.pad(maps, (0, 1, 0, 1), value=fill)
+    return table.view(-1).index_select(0, index.view(-1)).view(index.shape)
+
+
+class Geometry(NamedTuple):
+    """One scale-pad-crop-flip per image (``random_scale_crop``), all [B] int64 or bool on the
+    batch's device, and the tap count of the resampling filter (``filter_taps``)."""
+
+    scaled_h: Tensor
+    scaled_w: Tensor
+    top: Tensor
+    left: Tensor
+    flip: Tensor
+    taps_h: int
+    taps_w: int
+
+
+def geometry_draws(
+    images: Tensor, crop_size: int, scale_range: tuple[float, float],
+    generator: torch.Generator | None = None, hflip: bool = False,
+) -> Geometry:
+    """random_scale_crop's random choices for images [B, 3, H, W]: per image the scale s ~
+    U(scale_range), the scaled size floor(s * H) x floor(s * W) (at least 1), the crop's top
+    and left corner uniform over the padded scaled image, and with hflip a fair coin."""
+    b, _, h, w = images.shape
+    scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
+    scaled_h = (scale * h).floor().clamp(min=1).long()
+    scaled_w = (scale * w).floor().clamp(min=1).long()
+    top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
+    left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
+    flip = (_bernoulli(b, FLIP_P, images, generator) if hflip
+            else torch.zeros(b, dtype=torch.bool, device=images.device))
+    low = min(scale_range)
+    return Geometry(scaled_h, scaled_w, top, left, flip, filter_taps(h, low), filter_taps(w, low))
+
+
+def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: int,
+               geometry: Geometry) -> Batch:
+    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it), on the device.
+
+    For each axis the crop's pixels are mapped to pixels of the scaled image (reflected back
+    into it where they fall in the padding, and the columns reversed where flipped), then to
+    source pixels: the image by PIL's bilinear filter (``_resample_weights``, separable,
+    ``_resample``), label and confidence by the source pixel containing the centre (255 and
+    0 in the padding). Every size and offset stays a tensor: nothing is read back to the
+    host.
+
+    images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
+    [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
+    """
+    _, _, h, w = images.shape
+    steps = torch.arange(crop_size, device=images.device)
+    row_in_scaled = geometry.top[:, None] + steps  # [B, crop], before reflection
+    col_in_scaled = geometry.left[:, None] + steps
+    col_in_scaled = torch.where(geometry.flip[:, None], col_in_scaled.flip(1), col_in_scaled)
+    rows = _reflect_index(row_in_scaled, geometry.scaled_h[:, None])
+    cols = _reflect_index(col_in_scaled, geometry.scaled_w[:, None])
+    out_images = _resample(
+        images,
+        _resample_weights(rows, geometry.scaled_h, h, geometry.taps_h),
+        _resample_weights(cols, geometry.scaled_w, w, geometry.taps_w),
+    )
+    # Label and confidence pixels in the padding read one past the end: the fill.
+    source_rows = torch.where(row_in_scaled < geometry.scaled_h[:, None],
+                              _nearest_source(rows, geometry.scaled_h, h), h)
+    source_cols = torch.where(col_in_scaled < geometry.scaled_w[:, None],
+                              _nearest_source(cols, geometry.scaled_w, w), w)
+    index = _padded_pixel_index(source_rows, source_cols, h, w)
+    out_labels = _gather_padded(labels, index, IGNORE_INDEX)
+    out_confidence = _gather_padded(confidence, index, 0.0)
+    return out_images, out_labels, out_confidence
 
 
 def random_scale_crop(
@@ -133,12 +243,9 @@ def random_scale_crop(
     bilinear, antialiased when shrinking, as PIL's resize; label and confidence nearest),
     padded on the right and bottom up to crop_size when smaller (image: reflection without
     repeating the edge pixel; label: 255; confidence: 0), cropped at a random offset and,
-    with hflip, mirrored; image, label and confidence share the transform. One
-    ``grid_sample`` per tensor does it all, at the scaled pixels' centres: for the image from
-    the source (growing) or from its antialiased resize (shrinking), for label and confidence
-    from the source by nearest neighbour (the source pixel that contains the centre), their
-    padding then written by slices. The flip only reverses the crop's column order, so it
-    costs nothing here.
+    with hflip, mirrored; image, label and confidence share the transform
+    (``geometry_draws``, then ``scale_crop``). The flip only reverses the crop's column
+    order, so it costs nothing.
 
     METHOD 7.5 flips after mixing; flipping here instead is the same flip per image, except
     that the pixels an image takes from its mixing partner carry the partner's coin rather
@@ -147,39 +254,8 @@ def random_scale_crop(
     images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
     [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
     """
-    b, _, h, w = images.shape
-    scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
-    scaled_h = (scale * h).floor().clamp(min=1).long()
-    scaled_w = (scale * w).floor().clamp(min=1).long()
-    top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
-    left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
-    flip = (_bernoulli(b, FLIP_P, images, generator) if hflip
-            else torch.zeros(b, dtype=torch.bool, device=images.device))
-    steps = torch.arange(crop_size, device=images.device)
-    # Pixels of the scaled image that the crop shows, padding reflected back into it.
-    rows = _reflect_index(top[:, None] + steps[None], scaled_h[:, None])  # [B, crop]
-    cols = _reflect_index(left[:, None] + steps[None], scaled_w[:, None])
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    shrunk = scale < 1.0
-    # One host read for everything the per-image work below needs.
-    sizes = torch.stack((scaled_h, scaled_w, (scaled_h - top).clamp(max=crop_size),
-                         (scaled_w - left).clamp(max=crop_size), flip.long(),
-                         shrunk.long())).tolist()
-    fy, fx = (h / scaled_h)[:, None], (w / scaled_w)[:, None]  # source pixels per scaled pixel
-    source_grid = _grid((rows + 0.5) * fy, (cols + 0.5) * fx, h, w)
-    if any(sizes[5]):
-        grow = ~shrunk[:, None]
-        image_grid = _grid((rows + 0.5) * torch.where(grow, fy, 1.0),
-                           (cols + 0.5) * torch.where(grow, fx, 1.0), h, w)
-        source = _antialiased(images, sizes[0], sizes[1], [bool(s) for s in sizes[5]])
-    else:
-        image_grid, source = source_grid, images
-    out_images = F.grid_sample(source, image_grid.to(images.dtype), mode="bilinear",
-                               padding_mode="border", align_corners=False)
-    padding = (sizes[2], sizes[3], [bool(f) for f in sizes[4]])
-    out_labels = _sample_nearest(labels, source_grid, IGNORE_INDEX, padding)
-    out_confidence = _sample_nearest(confidence, source_grid, 0.0, padding)
-    return out_images, out_labels, out_confidence
+    geometry = geometry_draws(images, crop_size, scale_range, generator, hflip)
+    return scale_crop(images, labels, confidence, crop_size, geometry)
 
 
 # --- 7.4 mixing -----------------------------------------------------------------------------
