@@ -13,8 +13,14 @@ alternate in one run so that a busy machine slows both alike.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
+
+# As in training (prcl.cli): OpenMP threads that spin while waiting stall every parallel op of
+# the batched pipeline when other processes share the CPU. Set before torch is imported; an
+# explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -136,7 +142,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {args.threads} threads, scale {SCALE_RANGE}, classmix, CPU")
+    print(f"batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY="
+          f"{os.environ['OMP_WAIT_POLICY']}, scale {SCALE_RANGE}, classmix, CPU")
     print("| crop | batched (img/s) | per-image PIL (img/s) | ratio |")
     print("|---:|---:|---:|---:|")
     for size in args.sizes:

@@ -6,7 +6,7 @@ batch. No PIL and no per-image arithmetic: geometry is a separable resample with
 filter weights built on the device (image: PIL's bilinear, antialiased when shrinking, as two
 ``embedding_bag`` row gathers; labels and confidence: one nearest-pixel gather), mixing is
 masks built by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue
-shift, blur is a separable depthwise convolution.
+shift, blur is a separable Gaussian as the same kind of row gathers.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
 confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
@@ -59,6 +59,24 @@ def _random_orders(n: int, k: int, like: Tensor, generator: torch.Generator | No
 def _bernoulli(n: int, p: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """[n] booleans, each True with probability p."""
     return torch.rand(n, generator=generator, device=like.device) < p
+
+
+CPU_CHUNK_BYTES = 2 << 20
+"""On the CPU the geometry and the photometric steps run over chunks of the batch of about
+this size (of input images), so that their passes work in cache instead of streaming the
+batch from memory each time, and their temporaries stay small enough for the allocator to
+reuse (a fresh batch-sized temporary costs the CPU a page fault per 4 KiB, often more than
+the pass that fills it). Elsewhere the batch goes through at once."""
+
+
+def _chunks(images: Tensor) -> list[slice]:
+    """Slices of images' batch dimension: cache-sized chunks on the CPU, else the whole."""
+    b = images.shape[0]
+    if images.device.type != "cpu":
+        return [slice(0, b)]
+    per_image = images[0].numel() * images.element_size()
+    step = max(1, CPU_CHUNK_BYTES // max(per_image, 1))
+    return [slice(i, i + step) for i in range(0, b, step)]
 
 
 # --- 7.3 geometry ---------------------------------------------------------------------------
@@ -124,13 +142,15 @@ def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
     return out.view(b, c, n, length)
 
 
-def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor]) -> Tensor:
-    """Separable resample of images [B, C, H, W] -> [B, C, h, w] with the (first, weights) of
-    ``_resample_weights`` for rows ([B, h], [B, h, taps]) and columns ([B, w], [B, w, taps]):
-    rows first, then the columns as the rows of the transposed intermediate, transposed back."""
+def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor],
+              out: Tensor) -> Tensor:
+    """Separable resample of images [B, C, H, W] into out [B, C, h, w] with the (first,
+    weights) of ``_resample_weights`` for rows ([B, h], [B, h, taps]) and columns ([B, w],
+    [B, w, taps]): rows first, then the columns as the rows of the transposed intermediate,
+    transposed back into out."""
     by_rows = _resample_dim2(images, *rows)  # [B, C, h, W]
     by_cols = _resample_dim2(by_rows.transpose(2, 3).contiguous(), *cols)  # [B, C, w, h]
-    return by_cols.transpose(2, 3).contiguous()
+    return out.copy_(by_cols.transpose(2, 3))
 
 
 def _nearest_source(positions: Tensor, scaled: Tensor, size: int) -> Tensor:
@@ -150,12 +170,14 @@ def _padded_pixel_index(source_rows: Tensor, source_cols: Tensor, height: int,
     return row0[:, :, None] + source_cols.int()[:, None, :]  # int32: half an int64's traffic
 
 
-def _gather_padded(maps: Tensor, index: Tensor, fill: float) -> Tensor:
-    """maps [B, H, W] at index [B, h, w] (``_padded_pixel_index``) -> [B, h, w] of maps'
-    dtype, exact; row H and column W, one past the end, read ``fill``. One gather from maps
-    padded with a row and a column of ``fill``: the padding needs no mask, no second pass."""
+def _gather_padded(maps: Tensor, index: Tensor, fill: float, out: Tensor) -> Tensor:
+    """maps [B, H, W] at index [B, h, w] (``_padded_pixel_index``) into out [B, h, w] of
+    maps' dtype, exact; row H and column W, one past the end, read ``fill``. One gather from
+    maps padded with a row and a column of ``fill``: the padding needs no mask, no second
+    pass."""
     table = F.pad(maps, (0, 1, 0, 1), value=fill)
-    return table.view(-1).index_select(0, index.view(-1)).view(index.shape)
+    torch.index_select(table.view(-1), 0, index.view(-1), out=out.view(-1))
+    return out
 
 
 class Geometry(NamedTuple):
@@ -199,31 +221,34 @@ def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: in
     source pixels: the image by PIL's bilinear filter (``_resample_weights``, separable,
     ``_resample``), label and confidence by the source pixel containing the centre (255 and
     0 in the padding). Every size and offset stays a tensor: nothing is read back to the
-    host.
+    host. On the CPU the images go through in chunks (``_chunks``).
 
     images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
     [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
     """
-    _, _, h, w = images.shape
+    b, c, h, w = images.shape
     steps = torch.arange(crop_size, device=images.device)
     row_in_scaled = geometry.top[:, None] + steps  # [B, crop], before reflection
     col_in_scaled = geometry.left[:, None] + steps
     col_in_scaled = torch.where(geometry.flip[:, None], col_in_scaled.flip(1), col_in_scaled)
     rows = _reflect_index(row_in_scaled, geometry.scaled_h[:, None])
     cols = _reflect_index(col_in_scaled, geometry.scaled_w[:, None])
-    out_images = _resample(
-        images,
-        _resample_weights(rows, geometry.scaled_h, h, geometry.taps_h),
-        _resample_weights(cols, geometry.scaled_w, w, geometry.taps_w),
-    )
+    row_weights = _resample_weights(rows, geometry.scaled_h, h, geometry.taps_h)
+    col_weights = _resample_weights(cols, geometry.scaled_w, w, geometry.taps_w)
     # Label and confidence pixels in the padding read one past the end: the fill.
     source_rows = torch.where(row_in_scaled < geometry.scaled_h[:, None],
                               _nearest_source(rows, geometry.scaled_h, h), h)
     source_cols = torch.where(col_in_scaled < geometry.scaled_w[:, None],
                               _nearest_source(cols, geometry.scaled_w, w), w)
-    index = _padded_pixel_index(source_rows, source_cols, h, w)
-    out_labels = _gather_padded(labels, index, IGNORE_INDEX)
-    out_confidence = _gather_padded(confidence, index, 0.0)
+    out_images = images.new_empty(b, c, crop_size, crop_size)
+    out_labels = labels.new_empty(b, crop_size, crop_size)
+    out_confidence = confidence.new_empty(b, crop_size, crop_size)
+    for part in _chunks(images):
+        _resample(images[part], tuple(x[part] for x in row_weights),
+                  tuple(x[part] for x in col_weights), out_images[part])
+        index = _padded_pixel_index(source_rows[part], source_cols[part], h, w)
+        _gather_padded(labels[part], index, IGNORE_INDEX, out_labels[part])
+        _gather_padded(confidence[part], index, 0.0, out_confidence[part])
     return out_images, out_labels, out_confidence
 
 
@@ -366,8 +391,8 @@ def _paste_from_next(keep: Tensor, own: Tensor) -> Tensor:
 _LUMA = (0.299, 0.587, 0.114)
 """ITU-R 601 luma, PIL's grayscale: the gray that contrast and saturation blend with."""
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-_HSV_OFFSETS = (5.0, 3.0, 1.0)
-"""Where red, green and blue sit on the hexagon of hues, in sixths of a turn (for HSV -> RGB)."""
+_HUE_CENTRES = (0.0, 2.0, 4.0)
+"""Where red, green and blue peak on the hexagon of hues, in sixths of a turn."""
 
 
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
@@ -377,11 +402,12 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     The hue is the position on the hexagon of the maximum (value) and minimum channels, in
     sixths of a turn: (g - b) / chroma where red is the maximum, 2 + (b - r) / chroma where
     green is (and red is not), 4 + (r - g) / chroma otherwise. The shifted colour keeps the
-    maximum and the minimum and takes its channels from the hexagon at the new position:
-    channel k = value - chroma * clamp(min(q_k, 4 - q_k), 0, 1), q_k = (o_k + 6 h) mod 6.
-    Gray pixels (chroma 0) stay as they are. Only plain arithmetic, no ``where``: which
-    channel is the maximum is ceil(max - channel), exactly 0 or 1 for values in [0, 1], and a
-    CPU runs these passes several times faster than selections or ``remainder``.
+    maximum and the minimum; channel k sits between them by how far the new hue h is from
+    its centre c_k (0, 2, 4): min + chroma * clamp(||h - c_k| - 3| - 1, 0, 1), the maximum
+    within one sixth of c_k, the minimum from two sixths on (h in [0, 6)). Gray pixels
+    (chroma 0) stay as they are. Only plain arithmetic, no ``where``: which channel is the
+    maximum is ceil(max - channel), exactly 0 or 1 for values in [0, 1], and a CPU runs
+    these passes several times faster than selections or ``remainder``.
     images [N, 3, H, W] in [0, 1], shift [N] -> [N, 3, H, W].
     """
     high = images.amax(1, keepdim=True)
@@ -395,29 +421,57 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     blue_max = torch.sub(r, g).add_(chroma, alpha=4.0)
     hue = blue_max.sub_(green_max).mul_(green_not_max).add_(green_max)
     hue = hue.sub_(red_max).mul_(red_not_max).add_(red_max).div_(chroma.clamp(min=1e-30))
-    offsets = torch.tensor(_HSV_OFFSETS, device=images.device, dtype=images.dtype)
-    turns = offsets.view(1, 3, 1, 1) + 6.0 * shift.view(-1, 1, 1, 1).to(images.dtype)
-    q = hue + turns
-    q = q.sub_(q.div(6.0).floor_().mul_(6.0))
-    ramp = torch.minimum(q, torch.rsub(q, 4.0)).clamp_(0.0, 1.0)
-    return ramp.mul_(chroma).neg_().add_(high)
+    # Shifted, in [0, 6): hue is in (-1, 5], so + 6 keeps it positive before the modulo.
+    hue = hue.add_((6.0 * shift + 6.0).view(-1, 1, 1, 1).to(images.dtype))
+    hue = hue.sub_(hue.div(6.0).floor_().mul_(6.0))
+    centres = torch.tensor(_HUE_CENTRES, device=images.device, dtype=images.dtype)
+    ramp = hue.sub(centres.view(1, 3, 1, 1)).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    return torch.addcmul(low, ramp, chroma)
 
 
-def _linear_jitter(images: Tensor, op: Tensor, factor: Tensor) -> Tensor:
-    """Brightness, contrast or saturation per image, as torchvision's, in one batched product:
-    image i gets op[i] (BRIGHTNESS, CONTRAST, SATURATION; anything else leaves it as it is)
-    with factor[i], then [0, 1] clamping. Brightness scales; contrast blends with the image's
-    mean gray; saturation blends each pixel with its gray. images [B, 3, H, W] -> new."""
-    b, c, h, w = images.shape
-    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype)
-    f = torch.where((op >= BRIGHTNESS) & (op <= SATURATION), factor, 1.0).view(b, 1, 1)
-    matrix = f * torch.eye(c, device=images.device, dtype=images.dtype)
-    to_gray = torch.where((op == SATURATION).view(b, 1, 1), 1.0 - f, 0.0) * luma.expand(c, c)
-    mean_gray = torch.einsum("bchw,c->b", images, luma) / (h * w)
-    offset = torch.where(op == CONTRAST, (1.0 - f.view(b)) * mean_gray, 0.0)
-    out = torch.baddbmm(offset.view(b, 1, 1).expand(b, c, 1), matrix + to_gray,
-                        images.reshape(b, c, h * w))
-    return out.clamp_(0.0, 1.0).view(b, c, h, w)
+def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's linear step at each of the four positions of its order, as torchvision's
+    brightness, contrast and saturation are, before their [0, 1] clamping: a colour matrix
+    and the weight of the image's mean gray in the offset that contrast adds.
+
+    At position p image i does op = order[i, p] with f = factors[i, op]: brightness scales
+    (f I); saturation blends each pixel with its gray (f I + (1 - f) 1 luma^T); contrast
+    scales (f I) and adds (1 - f) * mean gray, the mean of the image as it is then; HUE and
+    -1 are the identity here. Built once per batch on [B, 4] tensors.
+
+    order [B, 4] int64, factors [B, 3] -> (matrices [B, 4, 3, 3], contrast [B, 4]).
+    """
+    linear = (order >= BRIGHTNESS) & (order <= SATURATION)
+    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
+    eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
+    luma = torch.tensor(_LUMA, device=factors.device, dtype=factors.dtype).expand(3, 3)
+    to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
+    contrast = torch.where(order == CONTRAST, 1.0 - f[..., 0, 0], 0.0)
+    return f * eye + to_gray, contrast
+
+
+def _jitter(images: Tensor, order: Tensor, matrices: Tensor, contrast: Tensor, hue: Tensor,
+            out: Tensor | None = None) -> Tensor:
+    """The four positions of ``jitter_in_order`` on images [N, 3, H, W], with the steps of
+    ``_linear_steps`` (matrices [N, 4, 3, 3], contrast [N, 4]) and order [N, 4], hue [N].
+
+    At each position one batched product applies every image's linear step there (the
+    identity for the others: exact), the offset from the image's channel sums, then the
+    [0, 1] clamp; ``adjust_hue`` runs on the images whose hue shift comes there. The last
+    product writes into out [N, 3, H, W] when given. Returns the jittered [N, 3, H, W]."""
+    n, c, h, w = images.shape
+    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype) / (h * w)
+    x = images.reshape(n, c, h * w)
+    for position in range(4):
+        mean_gray = x.sum(-1) @ luma  # [N]
+        offset = (contrast[:, position] * mean_gray).view(n, 1, 1).expand(n, c, 1)
+        target = out.view(n, c, h * w) if out is not None and position == 3 else None
+        x = torch.baddbmm(offset, matrices[:, position], x, out=target).clamp_(0.0, 1.0)
+        shifted = (order[:, position] == HUE).nonzero().squeeze(1)
+        if shifted.numel():
+            shaped = x.view(n, c, h, w)
+            shaped[shifted] = adjust_hue(shaped[shifted], hue[shifted])
+    return x.view(n, c, h, w)
 
 
 def _jitter_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batch:
@@ -443,21 +497,11 @@ def color_jitter(images: Tensor, generator: torch.Generator | None = None) -> Te
 def jitter_in_order(images: Tensor, order: Tensor, factors: Tensor, hue: Tensor) -> Tensor:
     """Image i goes through the steps order[i] (BRIGHTNESS, CONTRAST, SATURATION or HUE; -1
     skips a position) with its brightness, contrast and saturation factors[i] and hue shift
-    hue[i], each step as torchvision's, clamped to [0, 1]. At each of the four positions one
-    batched product applies every image's linear step there (``_linear_jitter``), and
-    ``adjust_hue`` runs on the images whose hue shift comes there.
+    hue[i], each step as torchvision's, clamped to [0, 1] (``_linear_steps``, ``_jitter``).
 
     images [B, 3, H, W], order [B, 4] int64, factors [B, 3], hue [B] -> [B, 3, H, W].
     """
-    out = images
-    for position in range(4):
-        op = order[:, position]
-        factor = factors.gather(1, op.clamp(0, 2)[:, None])[:, 0]
-        out = _linear_jitter(out, op, factor)
-        shifted = (op == HUE).nonzero().squeeze(1)
-        if shifted.numel():
-            out[shifted] = adjust_hue(out[shifted], hue[shifted])
-    return out
+    return _jitter(images, order, *_linear_steps(order, factors.to(images.dtype)), hue)
 
 
 def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
@@ -479,64 +523,66 @@ def _blur_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batc
 def gaussian_blur(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Gaussian blur with probability 0.5 per image, sigma ~ U[0.15, 1.15] (METHOD 7.5).
 
-    The chosen images go through one separable depthwise convolution (kernel radius
-    ceil(3 * 1.15) = 4, reflection padding) in channels-last layout, where a CPU runs it
-    several times faster than in the default layout; the others are untouched.
+    The chosen images go through a separable Gaussian (kernel radius ceil(3 * 1.15) = 4,
+    reflection padding, ``_blur_``); the others are untouched.
     images [B, 3, H, W] -> [B, 3, H, W].
     """
     return _blur_(images.clone(), *_blur_draws(images.shape[0], images, generator))
 
 
+def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor) -> Tensor:
+    """planes[chosen] [m, N, L] convolved along N with kernels [m, taps] (odd taps), with
+    reflection padding -> [m, N, L]. One ``embedding_bag`` gathers and weighs whole rows
+    straight from planes [P, N, L] (no copy of the chosen planes, no padded copy: the
+    reflection is in the row indices). A CPU runs this several times faster than a
+    depthwise convolution along either axis."""
+    _, n, length = planes.shape
+    m, taps = kernels.shape
+    radius = taps // 2
+    near = torch.arange(n, device=planes.device)[:, None] + torch.arange(
+        -radius, radius + 1, device=planes.device)
+    rows = _reflect_index(near.abs(), torch.tensor(n, device=planes.device))  # [N, taps]
+    row_index = (chosen[:, None, None] * n + rows).view(-1, taps)
+    weights = kernels.to(planes.dtype)[:, None, :].expand(m, n, taps).reshape(-1, taps)
+    out = F.embedding_bag(row_index, planes.reshape(-1, length), mode="sum",
+                          per_sample_weights=weights)
+    return out.view(m, n, length)
+
+
 def _blur_(images: Tensor, apply: Tensor, sigma: Tensor) -> Tensor:
-    """Blur images [B, 3, H, W] where apply [B] with sigma [B], writing into images."""
+    """Blur images [B, 3, H, W] where apply [B] with sigma [B], writing into images: along H
+    (``_blur_dim1``), then along W as along H of the transpose, clamped to [0, 1]. An image
+    smaller than the kernel along an axis uses the kernel's middle taps only there."""
     _, c, h, w = images.shape
     index = apply.nonzero().squeeze(1)
     n = index.numel()
     if n == 0:
         return images
     radius = math.ceil(3 * BLUR_SIGMA[1])
-    kernel = _blur_kernels(sigma[index], radius).repeat_interleave(c, dim=0)
+    kernels = _blur_kernels(sigma[index], radius).repeat_interleave(c, dim=0)  # per plane
     pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
-    # The chosen images as the n * c channels of one image, channels last.
-    x = images.index_select(0, index).view(1, n * c, h, w)
-    x = x.contiguous(memory_format=torch.channels_last)
-    x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    x = F.conv2d(x, kernel[:, None, radius - pad_h: radius + pad_h + 1, None], groups=n * c)
-    x = F.conv2d(x, kernel[:, None, None, radius - pad_w: radius + pad_w + 1], groups=n * c)
-    # Back to [n * c, h * w]: as a 2-D transpose, which torch copies in cache-sized blocks
-    # (an index_copy_ straight from channels last reads with a stride and is ~2x slower).
-    planar = torch.empty(n * c, h * w, dtype=x.dtype, device=x.device)
-    planar.copy_(x.clamp_(0.0, 1.0).view(n * c, h * w))
-    return images.index_copy_(0, index, planar.view(n, c, h, w))
-
-
-CPU_CHUNK_BYTES = 4 << 20
-"""On the CPU the photometric steps run over chunks of the batch of about this size, so that
-their dozens of elementwise passes work in cache instead of streaming the batch from memory
-each time. Elsewhere the batch goes through at once."""
-
-
-def _chunks(images: Tensor) -> list[slice]:
-    """Slices of images' batch dimension: cache-sized chunks on the CPU, else the whole."""
-    b = images.shape[0]
-    if images.device.type != "cpu":
-        return [slice(0, b)]
-    per_image = images[0].numel() * images.element_size()
-    step = max(1, CPU_CHUNK_BYTES // max(per_image, 1))
-    return [slice(i, i + step) for i in range(0, b, step)]
+    chosen = (index[:, None] * c + torch.arange(c, device=images.device)).view(-1)
+    x = _blur_dim1(images.view(-1, h, w), chosen, kernels[:, radius - pad_h: radius + pad_h + 1])
+    x = _blur_dim1(x.transpose(1, 2).contiguous(), torch.arange(n * c, device=images.device),
+                   kernels[:, radius - pad_w: radius + pad_w + 1])  # [n * c, W, H]
+    blurred = x.clamp_(0.0, 1.0).view(n, c, w, h).transpose(2, 3)
+    return images.index_copy_(0, index, blurred)
 
 
 def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
     (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
     All random choices are drawn for the batch first, then the steps run chunk by chunk
-    (``_chunks``).
+    (``_chunks``), each chunk's last colour step writing into the output.
 
     images [B, 3, H, W] in [0, 1] -> a new [B, 3, H, W] in [0, 1].
     """
     b = images.shape[0]
     order, factors, hue = _jitter_draws(b, images, generator)
     blurred, sigma = _blur_draws(b, images, generator)
-    parts = [_blur_(jitter_in_order(images[part], order[part], factors[part], hue[part]),
-                    blurred[part], sigma[part]) for part in _chunks(images)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    matrices, contrast = _linear_steps(order, factors.to(images.dtype))
+    out = torch.empty_like(images, memory_format=torch.contiguous_format)
+    for part in _chunks(images):
+        _jitter(images[part], order[part], matrices[part], contrast[part], hue[part], out[part])
+        _blur_(out[part], blurred[part], sigma[part])
+    return out
