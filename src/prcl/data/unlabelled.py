@@ -468,9 +468,10 @@ def _jitter(images: Tensor, order: Tensor, matrices: Tensor, contrast: Tensor, h
         target = out.view(n, c, h * w) if out is not None and position == 3 else None
         x = torch.baddbmm(offset, matrices[:, position], x, out=target).clamp_(0.0, 1.0)
         shifted = (order[:, position] == HUE).nonzero().squeeze(1)
-        if shifted.numel():
+        if shifted.numel():  # index_select/index_copy_: faster than x[shifted] = ...
             shaped = x.view(n, c, h, w)
-            shaped[shifted] = adjust_hue(shaped[shifted], hue[shifted])
+            shaped.index_copy_(0, shifted, adjust_hue(shaped.index_select(0, shifted),
+                                                      hue[shifted]))
     return x.view(n, c, h, w)
 
 
