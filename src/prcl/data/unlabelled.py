@@ -34,6 +34,8 @@ HUE_RANGE = (-0.25, 0.25)
 """Hue shift as a fraction of the colour circle."""
 BLUR_P = 0.5
 BLUR_SIGMA = (0.15, 1.15)
+BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA[1])
+"""Gaussian kernels reach 3 sigma of the widest blur."""
 FLIP_P = 0.5
 
 
@@ -432,42 +434,42 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
 def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
     """Each image's linear step at each of the four positions of its order, as torchvision's
     brightness, contrast and saturation are, before their [0, 1] clamping: a colour matrix
-    and the weight of the image's mean gray in the offset that contrast adds.
+    M and a matrix C that turns the channel means of the image, as it is then, into the
+    offset the step adds: step(x) = M x + C mean(x).
 
     At position p image i does op = order[i, p] with f = factors[i, op]: brightness scales
-    (f I); saturation blends each pixel with its gray (f I + (1 - f) 1 luma^T); contrast
-    scales (f I) and adds (1 - f) * mean gray, the mean of the image as it is then; HUE and
-    -1 are the identity here. Built once per batch on [B, 4] tensors.
+    (M = f I); saturation blends each pixel with its gray (M = f I + (1 - f) 1 luma^T);
+    contrast scales and adds (1 - f) * mean gray (M = f I, C = (1 - f) 1 luma^T); HUE and
+    -1 are the identity here (C = 0 but for contrast). Built once per batch.
 
-    order [B, 4] int64, factors [B, 3] -> (matrices [B, 4, 3, 3], contrast [B, 4]).
+    order [B, 4] int64, factors [B, 3] -> (M [B, 4, 3, 3], C [B, 4, 3, 3]).
     """
     linear = (order >= BRIGHTNESS) & (order <= SATURATION)
     f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
     eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
     luma = torch.tensor(_LUMA, device=factors.device, dtype=factors.dtype).expand(3, 3)
     to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
-    contrast = torch.where(order == CONTRAST, 1.0 - f[..., 0, 0], 0.0)
-    return f * eye + to_gray, contrast
+    to_mean_gray = torch.where((order == CONTRAST)[..., None, None], 1.0 - f, 0.0) * luma
+    return f * eye + to_gray, to_mean_gray
 
 
-def _jitter(images: Tensor, order: Tensor, matrices: Tensor, contrast: Tensor, hue: Tensor,
-            out: Tensor | None = None) -> Tensor:
+def _jitter(images: Tensor, matrices: Tensor, mean_matrices: Tensor, hue_at: Tensor,
+            hue: Tensor, out: Tensor | None = None) -> Tensor:
     """The four positions of ``jitter_in_order`` on images [N, 3, H, W], with the steps of
-    ``_linear_steps`` (matrices [N, 4, 3, 3], contrast [N, 4]) and order [N, 4], hue [N].
+    ``_linear_steps`` (matrices, mean_matrices [N, 4, 3, 3]), hue_at [N, 4] bool (where each
+    image's hue shift comes) and hue [N].
 
     At each position one batched product applies every image's linear step there (the
-    identity for the others: exact), the offset from the image's channel sums, then the
-    [0, 1] clamp; ``adjust_hue`` runs on the images whose hue shift comes there. The last
-    product writes into out [N, 3, H, W] when given. Returns the jittered [N, 3, H, W]."""
+    identity for the others: exact), plus its offset from the image's channel means, then
+    the [0, 1] clamp; ``adjust_hue`` runs on the images whose hue shift comes there. The
+    last product writes into out [N, 3, H, W] when given. Returns the jittered images."""
     n, c, h, w = images.shape
-    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype) / (h * w)
     x = images.reshape(n, c, h * w)
     for position in range(4):
-        mean_gray = x.sum(-1) @ luma  # [N]
-        offset = (contrast[:, position] * mean_gray).view(n, 1, 1).expand(n, c, 1)
+        offset = torch.bmm(mean_matrices[:, position], x.mean(-1, keepdim=True))  # [N, 3, 1]
         target = out.view(n, c, h * w) if out is not None and position == 3 else None
         x = torch.baddbmm(offset, matrices[:, position], x, out=target).clamp_(0.0, 1.0)
-        shifted = (order[:, position] == HUE).nonzero().squeeze(1)
+        shifted = hue_at[:, position].nonzero().squeeze(1)
         if shifted.numel():  # index_select/index_copy_: faster than x[shifted] = ...
             shaped = x.view(n, c, h, w)
             shaped.index_copy_(0, shifted, adjust_hue(shaped.index_select(0, shifted),
@@ -502,7 +504,7 @@ def jitter_in_order(images: Tensor, order: Tensor, factors: Tensor, hue: Tensor)
 
     images [B, 3, H, W], order [B, 4] int64, factors [B, 3], hue [B] -> [B, 3, H, W].
     """
-    return _jitter(images, order, *_linear_steps(order, factors.to(images.dtype)), hue)
+    return _jitter(images, *_linear_steps(order, factors.to(images.dtype)), order == HUE, hue)
 
 
 def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
@@ -510,7 +512,7 @@ def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
     taps = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
     kernel = torch.exp(-(taps[None] ** 2) / (2.0 * sigma[:, None] ** 2))
     # Taps below 1e-7 are zeroed: a narrow kernel's outer taps would be denormal floats,
-    # which make the convolution many times slower on a CPU.
+    # which make the arithmetic many times slower on a CPU.
     kernel = kernel.masked_fill(kernel < 1e-7, 0.0)
     return kernel / kernel.sum(dim=1, keepdim=True)
 
@@ -528,44 +530,56 @@ def gaussian_blur(images: Tensor, generator: torch.Generator | None = None) -> T
     reflection padding, ``_blur_``); the others are untouched.
     images [B, 3, H, W] -> [B, 3, H, W].
     """
-    return _blur_(images.clone(), *_blur_draws(images.shape[0], images, generator))
+    apply, sigma = _blur_draws(images.shape[0], images, generator)
+    return _blur_(images.clone(), apply, _blur_kernels(sigma, BLUR_RADIUS))
 
 
-def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor) -> Tensor:
-    """planes[chosen] [m, N, L] convolved along N with kernels [m, taps] (odd taps), with
-    reflection padding -> [m, N, L]. One ``embedding_bag`` gathers and weighs whole rows
-    straight from planes [P, N, L] (no copy of the chosen planes, no padded copy: the
-    reflection is in the row indices). A CPU runs this several times faster than a
+
+def _reflected_taps(n: int, radius: int, device: torch.device) -> Tensor:
+    """[n, 2 * radius + 1] int64: the pixels under a kernel centred on each of n pixels,
+    reflected into [0, n) as reflection padding does (without repeating the edge)."""
+    near = torch.arange(n, device=device)[:, None] + torch.arange(-radius, radius + 1,
+                                                                  device=device)
+    return _reflect_index(near.abs(), torch.tensor(n, device=device))
+
+
+def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) -> Tensor:
+    """planes[chosen] [m, N, L] convolved along N with kernels [m, k] at the rows taps
+    [N, k] (``_reflected_taps``) -> [m, N, L]. One ``embedding_bag`` gathers and weighs
+    whole rows straight from planes [P, N, L] (no copy of the chosen planes, no padded copy:
+    the reflection is in the row indices). A CPU runs this several times faster than a
     depthwise convolution along either axis."""
     _, n, length = planes.shape
-    m, taps = kernels.shape
-    radius = taps // 2
-    near = torch.arange(n, device=planes.device)[:, None] + torch.arange(
-        -radius, radius + 1, device=planes.device)
-    rows = _reflect_index(near.abs(), torch.tensor(n, device=planes.device))  # [N, taps]
-    row_index = (chosen[:, None, None] * n + rows).view(-1, taps)
-    weights = kernels.to(planes.dtype)[:, None, :].expand(m, n, taps).reshape(-1, taps)
+    m, k = kernels.shape
+    row_index = (chosen[:, None, None] * n + taps).view(-1, k)
+    weights = kernels.to(planes.dtype)[:, None, :].expand(m, n, k).reshape(-1, k)
     out = F.embedding_bag(row_index, planes.reshape(-1, length), mode="sum",
                           per_sample_weights=weights)
     return out.view(m, n, length)
 
 
-def _blur_(images: Tensor, apply: Tensor, sigma: Tensor) -> Tensor:
-    """Blur images [B, 3, H, W] where apply [B] with sigma [B], writing into images: along H
-    (``_blur_dim1``), then along W as along H of the transpose, clamped to [0, 1]. An image
-    smaller than the kernel along an axis uses the kernel's middle taps only there."""
+def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
+           taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Blur images [B, 3, H, W] where apply [B] with kernels [B, 2 * BLUR_RADIUS + 1]
+    (``_blur_kernels``), writing into images: along H (``_blur_dim1``), then along W as
+    along H of the transpose, clamped to [0, 1]. taps: ``_reflected_taps`` for H and W
+    (computed here unless given). An image smaller than the kernel along an axis uses the
+    kernel's middle taps only there."""
     _, c, h, w = images.shape
     index = apply.nonzero().squeeze(1)
     n = index.numel()
     if n == 0:
         return images
-    radius = math.ceil(3 * BLUR_SIGMA[1])
-    kernels = _blur_kernels(sigma[index], radius).repeat_interleave(c, dim=0)  # per plane
+    radius = kernels.shape[1] // 2
     pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    if taps is None:
+        taps = (_reflected_taps(h, pad_h, images.device), _reflected_taps(w, pad_w, images.device))
+    per_plane = kernels.index_select(0, index).repeat_interleave(c, dim=0)
     chosen = (index[:, None] * c + torch.arange(c, device=images.device)).view(-1)
-    x = _blur_dim1(images.view(-1, h, w), chosen, kernels[:, radius - pad_h: radius + pad_h + 1])
+    x = _blur_dim1(images.view(-1, h, w), chosen,
+                   per_plane[:, radius - pad_h: radius + pad_h + 1], taps[0])
     x = _blur_dim1(x.transpose(1, 2).contiguous(), torch.arange(n * c, device=images.device),
-                   kernels[:, radius - pad_w: radius + pad_w + 1])  # [n * c, W, H]
+                   per_plane[:, radius - pad_w: radius + pad_w + 1], taps[1])  # [n * c, W, H]
     blurred = x.clamp_(0.0, 1.0).view(n, c, w, h).transpose(2, 3)
     return images.index_copy_(0, index, blurred)
 
@@ -573,17 +587,23 @@ def _blur_(images: Tensor, apply: Tensor, sigma: Tensor) -> Tensor:
 def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
     (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
-    All random choices are drawn for the batch first, then the steps run chunk by chunk
-    (``_chunks``), each chunk's last colour step writing into the output.
+    All random choices, colour matrices and blur kernels are made for the batch first, then
+    the steps run chunk by chunk (``_chunks``), each chunk's last colour step writing into
+    the output.
 
     images [B, 3, H, W] in [0, 1] -> a new [B, 3, H, W] in [0, 1].
     """
-    b = images.shape[0]
+    b, _, h, w = images.shape
     order, factors, hue = _jitter_draws(b, images, generator)
     blurred, sigma = _blur_draws(b, images, generator)
-    matrices, contrast = _linear_steps(order, factors.to(images.dtype))
+    matrices, mean_matrices = _linear_steps(order, factors.to(images.dtype))
+    hue_at = order == HUE
+    kernels = _blur_kernels(sigma, BLUR_RADIUS)
+    taps = (_reflected_taps(h, min(BLUR_RADIUS, h - 1), images.device),
+            _reflected_taps(w, min(BLUR_RADIUS, w - 1), images.device))
     out = torch.empty_like(images, memory_format=torch.contiguous_format)
     for part in _chunks(images):
-        _jitter(images[part], order[part], matrices[part], contrast[part], hue[part], out[part])
-        _blur_(out[part], blurred[part], sigma[part])
+        _jitter(images[part], matrices[part], mean_matrices[part], hue_at[part], hue[part],
+                out[part])
+        _blur_(out[part], blurred[part], kernels[part], taps)
     return out
