@@ -199,9 +199,10 @@ def geometry_draws(
     images: Tensor, crop_size: int, scale_range: tuple[float, float],
     generator: torch.Generator | None = None, hflip: bool = False,
 ) -> Geometry:
-    """random_scale_crop's random choices for images [B, 3, H, W]: per image the scale s ~
-    U(scale_range), the scaled size floor(s * H) x floor(s * W) (at least 1), the crop's top
-    and left corner uniform over the padded scaled image, and with hflip a fair coin."""
+    """random_scale_crop's random choices (METHOD 7.3) for images [B, 3, H, W]: per image
+    the scale s ~ U(scale_range), the scaled size floor(s * H) x floor(s * W) (at least 1),
+    the crop's top and left corner uniform over the padded scaled image, and with hflip a
+    fair coin."""
     b, _, h, w = images.shape
     scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
     scaled_h = (scale * h).floor().clamp(min=1).long()
@@ -216,7 +217,8 @@ def geometry_draws(
 
 def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: int,
                geometry: Geometry) -> Batch:
-    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it), on the device.
+    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it; METHOD 7.3 and the
+    flip of 7.5), on the device.
 
     For each axis the crop's pixels are mapped to pixels of the scaled image (reflected back
     into it where they fall in the padding, and the columns reversed where flipped), then to
@@ -423,7 +425,7 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     blue_max = torch.sub(r, g).add_(chroma, alpha=4.0)
     hue = blue_max.sub_(green_max).mul_(green_not_max).add_(green_max)
     hue = hue.sub_(red_max).mul_(red_not_max).add_(red_max).div_(chroma.clamp(min=1e-30))
-    # Shifted, in [0, 6): hue is in (-1, 5], so + 6 keeps it positive before the modulo.
+    # Shifted, in [0, 6): hue is in [-1, 5], so + 6 keeps it positive before the modulo.
     hue = hue.add_((6.0 * shift + 6.0).view(-1, 1, 1, 1).to(images.dtype))
     hue = hue.sub_(hue.div(6.0).floor_().mul_(6.0))
     centres = torch.tensor(_HUE_CENTRES, device=images.device, dtype=images.dtype)
@@ -440,7 +442,7 @@ def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
     At position p image i does op = order[i, p] with f = factors[i, op]: brightness scales
     (M = f I); saturation blends each pixel with its gray (M = f I + (1 - f) 1 luma^T);
     contrast scales and adds (1 - f) * mean gray (M = f I, C = (1 - f) 1 luma^T); HUE and
-    -1 are the identity here (C = 0 but for contrast). Built once per batch.
+    -1 are the identity here. C is zero but for contrast. Built once per batch (METHOD 7.5).
 
     order [B, 4] int64, factors [B, 3] -> (M [B, 4, 3, 3], C [B, 4, 3, 3]).
     """
@@ -560,7 +562,7 @@ def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) ->
 
 def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
            taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Blur images [B, 3, H, W] where apply [B] with kernels [B, 2 * BLUR_RADIUS + 1]
+    """Blur (METHOD 7.5) images [B, 3, H, W] where apply [B] with kernels [B, 2 * radius + 1]
     (``_blur_kernels``), writing into images: along H (``_blur_dim1``), then along W as
     along H of the transpose, clamped to [0, 1]. taps: ``_reflected_taps`` for H and W
     (computed here unless given). An image smaller than the kernel along an axis uses the
