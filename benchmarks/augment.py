@@ -17,11 +17,6 @@ import os
 import random
 import time
 
-# As in training (prcl.cli): OpenMP threads that spin while waiting stall every parallel op of
-# the batched pipeline when other processes share the CPU. Set before torch is imported; an
-# explicit value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import torch
 import torchvision.transforms as T
@@ -165,8 +160,12 @@ def main() -> None:
                         help="also time the batched pipeline's geometry, mix and photometric")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']}, scale {SCALE_RANGE}, classmix, CPU")
+    # OpenMP's wait policy decides what the batched pipeline's many short parallel operators
+    # cost: PASSIVE (what prcl's CLI sets for training) puts the second thread to sleep after
+    # each, and waking it costs more than a small operator.
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY={policy}, "
+          f"scale {SCALE_RANGE}, classmix, CPU")
     print("| crop | batched (img/s) | per-image PIL (img/s) | ratio |")
     print("|---:|---:|---:|---:|")
     results = {size: measure(args.batch, size, args.seeds, args.repeats, args.stages)
