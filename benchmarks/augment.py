@@ -7,12 +7,13 @@ code does it: every image back to PIL, one at a time, then back to tensors. Roun
 alternate in one run so that a busy machine slows both alike.
 
     python benchmarks/augment.py [--batch 16] [--sizes 321 128] [--seeds 8] [--repeats 8]
-                                 [--threads 2]
+                                 [--threads 2] [--stages]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 
@@ -96,8 +97,27 @@ def pil_pipeline(images, labels, confidence, crop, jitter):
     return torch.stack(out_images), torch.stack(out_labels), torch.stack(out_conf)
 
 
-def measure(batch: int, size: int, seeds: int, repeats: int) -> tuple[float, float]:
-    """Images/s of (batched, PIL). Round r draws its random choices from seed r in both
+def stage_runs(images, labels, confidence, size: int, seeds: int) -> dict:
+    """The batched pipeline's three steps as separate runs of seed -> None, each on the
+    output of the one before for that seed (computed once here)."""
+    def generator(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    cropped = [random_scale_crop(images, labels, confidence, size, SCALE_RANGE, generator(s),
+                                 hflip=True) for s in range(seeds)]
+    mixed = [mix(*cropped[s], mode="classmix", generator=generator(s)) for s in range(seeds)]
+    return {
+        "geometry": lambda s: random_scale_crop(images, labels, confidence, size, SCALE_RANGE,
+                                                generator(s), hflip=True),
+        "mix": lambda s: mix(*cropped[s], mode="classmix", generator=generator(s)),
+        "photometric": lambda s: photometric(mixed[s][0], generator(s)),
+    }
+
+
+def measure(batch: int, size: int, seeds: int, repeats: int,
+            stages: bool = False) -> dict[str, float]:
+    """Seconds per batch of the batched and the PIL pipeline (and with ``stages`` of the
+    batched pipeline's steps). Round r draws its random choices from seed r in both
     pipelines; rounds of the two alternate, every seed runs `repeats` times and its fastest
     time counts (as timeit does), so load from other processes on a shared machine does not
     decide, while the average over seeds keeps the random work (how many images are blurred,
@@ -115,6 +135,8 @@ def measure(batch: int, size: int, seeds: int, repeats: int) -> tuple[float, flo
         pil_pipeline(images, labels, confidence, size, jitter)
 
     runs = {"batched": batched, "pil": pil}
+    if stages:
+        runs.update(stage_runs(images, labels, confidence, size, seeds))
     best = {name: [float("inf")] * seeds for name in runs}
     for run in runs.values():
         run(0)
@@ -124,7 +146,7 @@ def measure(batch: int, size: int, seeds: int, repeats: int) -> tuple[float, flo
                 start = time.perf_counter()
                 run(seed)
                 best[name][seed] = min(best[name][seed], time.perf_counter() - start)
-    return batch * seeds / sum(best["batched"]), batch * seeds / sum(best["pil"])
+    return {name: sum(times) / seeds for name, times in best.items()}
 
 
 def main() -> None:
@@ -134,14 +156,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8, help="rounds of random choices")
     parser.add_argument("--repeats", type=int, default=8, help="timings per round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the batched pipeline's geometry, mix and photometric")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {args.threads} threads, scale {SCALE_RANGE}, classmix, CPU")
+    # OpenMP's wait policy decides what the batched pipeline's many short parallel operators
+    # cost: PASSIVE (what prcl's CLI sets for training) puts the second thread to sleep after
+    # each, and waking it costs more than a small operator.
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY={policy}, "
+          f"scale {SCALE_RANGE}, classmix, CPU")
     print("| crop | batched (img/s) | per-image PIL (img/s) | ratio |")
     print("|---:|---:|---:|---:|")
-    for size in args.sizes:
-        batched, pil = measure(args.batch, size, args.seeds, args.repeats)
+    results = {size: measure(args.batch, size, args.seeds, args.repeats, args.stages)
+               for size in args.sizes}
+    for size, seconds in results.items():
+        batched, pil = args.batch / seconds["batched"], args.batch / seconds["pil"]
         print(f"| {size} | {batched:.0f} | {pil:.0f} | {batched / pil:.1f}x |")
+    if args.stages:
+        print("\n| crop | geometry (ms) | mix (ms) | photometric (ms) | whole batched (ms) |")
+        print("|---:|---:|---:|---:|---:|")
+        for size, seconds in results.items():
+            ms = {name: f"{1000 * t:.1f}" for name, t in seconds.items()}
+            print(f"| {size} | {ms['geometry']} | {ms['mix']} | {ms['photometric']} | "
+                  f"{ms['batched']} |")
 
 
 if __name__ == "__main__":

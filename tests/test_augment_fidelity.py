@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from prcl.data import random_scale_crop
+from prcl.data import IGNORE_INDEX, random_scale_crop
 from prcl.data.unlabelled import (
     BRIGHTNESS,
     CONTRAST,
@@ -20,7 +20,9 @@ from prcl.data.unlabelled import (
     _random_orders,
     adjust_hue,
     color_jitter,
+    geometry_draws,
     jitter_in_order,
+    scale_crop,
 )
 
 REAL_IMAGE = "realdata/VOC2012/JPEGImages/2007_000063.jpg"
@@ -56,7 +58,7 @@ def mad(ours: torch.Tensor, reference: Image.Image | torch.Tensor) -> float:
     return float((ours - ref).abs().mean() * 255)
 
 
-def scale_crop(image: torch.Tensor, scale: float, crop: int) -> torch.Tensor:
+def scale_crop_one(image: torch.Tensor, scale: float, crop: int) -> torch.Tensor:
     labels = torch.zeros(1, *image.shape[-2:], dtype=torch.long)
     return random_scale_crop(image[None], labels, labels.float(), crop, (scale, scale))[0][0]
 
@@ -65,7 +67,7 @@ def test_half_downscale_is_antialiased_as_pil(image):
     side = image.size[0]
     half = side // 2
     reference = image.resize((half, half), Image.BILINEAR)
-    ours = scale_crop(as_tensor(image), 0.5, half)
+    ours = scale_crop_one(as_tensor(image), 0.5, half)
     assert mad(ours, reference) < 1.0
     aliased = F.interpolate(as_tensor(image)[None], size=(half, half), mode="bilinear",
                             align_corners=False)[0]
@@ -76,14 +78,14 @@ def test_upscale_is_bilinear_as_pil(image):
     side = image.size[0]
     grown = int(1.25 * side)
     reference = image.resize((grown, grown), Image.BILINEAR)
-    assert mad(scale_crop(as_tensor(image), 1.25, grown), reference) < 1.0
+    assert mad(scale_crop_one(as_tensor(image), 1.25, grown), reference) < 1.0
 
 
 def test_reflection_padding_is_the_authors(image):
     side = image.size[0]
     crop = side + side // 3
     reference = TF.pad(image, [0, 0, crop - side, crop - side], padding_mode="reflect")
-    assert mad(scale_crop(as_tensor(image), 1.0, crop), reference) < 1.0
+    assert mad(scale_crop_one(as_tensor(image), 1.0, crop), reference) < 1.0
 
 
 @pytest.mark.parametrize("shift", [-0.25, 0.05, 0.25])
@@ -139,3 +141,51 @@ def test_orders_are_uniform_over_the_24_permutations():
     assert set(counts) == set(itertools.permutations(range(4)))
     # 200 expected per permutation; a binomial's standard deviation is about 14.
     assert all(abs(c - 200) < 60 for c in counts.values())
+
+
+def reference_scale_crop(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int],
+                         top: int, left: int, crop: int,
+                         flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The authors' geometry on one image: resize to size (w, h), pad right and bottom to the
+    crop (image reflect, label 255), crop at (top, left), mirror when flip. The image with
+    PIL's bilinear resize in float (mode F: the filter, not 8-bit rounding, is compared);
+    the label with PIL's nearest, and by the exact rule floor((p + 0.5) * H / h) (PIL rounds
+    centres that fall exactly on a pixel border either way)."""
+    channels = [Image.fromarray(c.numpy()).resize(size, Image.BILINEAR) for c in image]
+    resized = torch.from_numpy(np.stack([np.array(c) for c in channels]))
+    pil_label = torch.from_numpy(np.array(Image.fromarray(label.numpy().astype(np.uint8))
+                                          .resize(size, Image.NEAREST))).long()
+    rows = [(2 * p + 1) * label.shape[0] // (2 * size[1]) for p in range(size[1])]
+    cols = [(2 * p + 1) * label.shape[1] // (2 * size[0]) for p in range(size[0])]
+    exact_label = label[rows][:, cols]
+    pad = (0, max(crop - size[0], 0), 0, max(crop - size[1], 0))
+    out = (F.pad(resized[None], pad, mode="reflect")[0], F.pad(pil_label, pad, value=255),
+           F.pad(exact_label, pad, value=255))
+    out = tuple(x[..., top:top + crop, left:left + crop] for x in out)
+    return tuple(x.flip(-1) for x in out) if flip else out
+
+
+def test_scale_crop_is_pils_resize_pad_crop_and_flip_per_image(image):
+    """Each image of a batch with its own scale (shrunk and grown), offset and flip, against
+    PIL doing the same to that image alone."""
+    image = image.resize((160, 160), Image.BILINEAR)
+    side, crop = 160, 144
+    x = as_tensor(image)
+    batch = torch.stack([x, x.flip(1), x.flip(2), x.flip(1, 2)] * 2)
+    labels = (torch.arange(side)[:, None] // 7 + torch.arange(side)[None] // 11) % 21
+    labels = torch.stack([labels.roll(i, 0) for i in range(8)])
+    geometry = geometry_draws(batch, crop, (0.5, 1.5), torch.Generator().manual_seed(3), True)
+    out_images, out_labels, out_confidence = scale_crop(batch, labels, labels / 100, crop,
+                                                        geometry)
+    scaled = geometry.scaled_h
+    assert (scaled < crop).any() and (scaled > side).any() and 0 < geometry.flip.sum() < 8
+    for i in range(8):
+        size = (int(geometry.scaled_w[i]), int(scaled[i]))
+        image_i, pil_label, exact_label = reference_scale_crop(
+            batch[i], labels[i], size, int(geometry.top[i]), int(geometry.left[i]), crop,
+            bool(geometry.flip[i]))
+        assert (out_images[i] - image_i).abs().amax() < 1e-4, i  # float32 vs PIL's double
+        assert torch.equal(out_labels[i], exact_label), i
+        assert (out_labels[i] != pil_label).float().mean() < 0.03, i
+        ignored = exact_label == IGNORE_INDEX
+        assert torch.equal(out_confidence[i], torch.where(ignored, 0, exact_label / 100)), i

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from prcl.data import (
     IGNORE_INDEX,
@@ -328,3 +329,56 @@ def test_random_crop_pads_small_images():
     image = torch.rand(3, 20, 30)
     out = RandomCrop(24)(image)
     assert out.shape == (3, 24, 24)
+
+
+class DeviceReads(TorchDispatchMode):
+    """Records the operators that read a tensor's value back to the host (``item``, ``bool``,
+    ``float``, ``int``, indexing with a tensor: all ``_local_scalar_dense``) and ``nonzero``,
+    whose output size waits for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def record_reads(monkeypatch, fn, *args, **kwargs) -> list[str]:
+    """The host reads of fn(*args, **kwargs): ``DeviceReads`` and every ``tolist``."""
+    mode = DeviceReads()
+    original = torch.Tensor.tolist
+
+    def tolist(self):
+        mode.reads.append("tolist")
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    with mode:
+        fn(*args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "tolist", original)
+    return mode.reads
+
+
+def test_scale_crop_and_mix_never_read_the_device(monkeypatch):
+    batch = drawn_batch(b=6)
+    g = torch.Generator().manual_seed(0)
+    assert record_reads(monkeypatch, random_scale_crop, *batch, 40, (0.5, 1.5), g,
+                        hflip=True) == []
+    for mode in ("classmix", "cutmix", "cutout"):
+        assert record_reads(monkeypatch, mix, *batch, mode, g) == [], mode
+    # the recorder sees reads: the old geometry's one .tolist(), an item()
+    assert record_reads(monkeypatch, lambda: (torch.ones(2).tolist(), torch.ones(1).item())) == [
+        "tolist", str(torch.ops.aten._local_scalar_dense.default)]
+
+
+def test_photometric_reads_nothing_but_the_nonzero_of_its_subsets(monkeypatch):
+    """The hue and blur run on the images drawn for them, found with ``nonzero`` (a device
+    sync off the CPU; on the CPU computing every image instead costs more): that is all."""
+    images = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    reads = record_reads(monkeypatch, photometric, images, torch.Generator().manual_seed(1))
+    nonzero = str(torch.ops.aten.nonzero.default)
+    assert reads and set(reads) == {nonzero}
+    assert len(reads) <= 4 + 1  # one per jitter position and one for the blur, per chunk

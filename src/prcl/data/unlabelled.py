@@ -2,10 +2,11 @@
 
 Every function takes a batch and draws one set of random choices per image from an optional
 ``torch.Generator`` living on the batch's device, so the same generator state gives the same
-batch. No PIL and no per-image arithmetic: geometry is ``grid_sample`` on one grid (image
-bilinear, antialiased when shrinking; labels and confidence nearest), mixing is masks built
-by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue shift, blur is a
-separable depthwise convolution.
+batch. No PIL and no per-image arithmetic: geometry is a separable resample with per-image
+filter weights built on the device (image: PIL's bilinear, antialiased when shrinking, as two
+``embedding_bag`` row gathers; labels and confidence: one nearest-pixel gather), mixing is
+masks built by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue
+shift, blur is a separable Gaussian as the same kind of row gathers.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
 confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
@@ -14,6 +15,7 @@ confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ HUE_RANGE = (-0.25, 0.25)
 """Hue shift as a fraction of the colour circle."""
 BLUR_P = 0.5
 BLUR_SIGMA = (0.15, 1.15)
+BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA[1])
+"""Gaussian kernels reach 3 sigma of the widest blur."""
 FLIP_P = 0.5
 
 
@@ -59,6 +63,24 @@ def _bernoulli(n: int, p: float, like: Tensor, generator: torch.Generator | None
     return torch.rand(n, generator=generator, device=like.device) < p
 
 
+CPU_CHUNK_BYTES = 2 << 20
+"""On the CPU the geometry and the photometric steps run over chunks of the batch of about
+this size (of input images), so that their passes work in cache instead of streaming the
+batch from memory each time, and their temporaries stay small enough for the allocator to
+reuse (a fresh batch-sized temporary costs the CPU a page fault per 4 KiB, often more than
+the pass that fills it). Elsewhere the batch goes through at once."""
+
+
+def _chunks(images: Tensor) -> list[slice]:
+    """Slices of images' batch dimension: cache-sized chunks on the CPU, else the whole."""
+    b = images.shape[0]
+    if images.device.type != "cpu":
+        return [slice(0, b)]
+    per_image = images[0].numel() * images.element_size()
+    step = max(1, CPU_CHUNK_BYTES // max(per_image, 1))
+    return [slice(i, i + step) for i in range(0, b, step)]
+
+
 # --- 7.3 geometry ---------------------------------------------------------------------------
 
 
@@ -70,51 +92,168 @@ def _reflect_index(index: Tensor, size: Tensor) -> Tensor:
     return torch.where(folded >= size, period - folded, folded)
 
 
-def _antialiased(images: Tensor, scaled_h: list[int], scaled_w: list[int],
-                 shrunk: list[bool]) -> Tensor:
-    """images [B, 3, H, W] with each shrunk image replaced, in its top-left corner, by its
-    resize to scaled_h[i] x scaled_w[i] with an antialiasing filter (``F.interpolate(...,
-    antialias=True)``: PIL's bilinear, whose triangle filter widens by 1 / scale when
-    shrinking). Bilinear sampling alone would alias there."""
-    out = images.clone()
-    for i, (h, w, small) in enumerate(zip(scaled_h, scaled_w, shrunk, strict=True)):
-        if small:
-            out[i, :, :h, :w] = F.interpolate(images[i:i + 1], size=(h, w), mode="bilinear",
-                                              antialias=True, align_corners=False)[0]
+def filter_taps(size: int, min_scale: float) -> int:
+    """How many source pixels the bilinear filter of ``_resample_weights`` can touch for one
+    output pixel, along an axis of ``size`` pixels rescaled by at least ``min_scale``: a
+    triangle of half-width max(1, size / scaled) covers at most floor(2 * half-width) + 1
+    pixels; one more absorbs rounding. A Python int from shapes and settings (no device read)."""
+    half_width = max(1.0, size / max(math.floor(min_scale * size), 1))
+    return min(math.floor(2.0 * half_width) + 2, size)
+
+
+def _resample_weights(positions: Tensor, scaled: Tensor, size: int,
+                      taps: int) -> tuple[Tensor, Tensor]:
+    """PIL's bilinear resize along one axis, as weights of ``taps`` consecutive source pixels.
+
+    The scaled axis has scaled[i] pixels over a source axis of ``size``; positions [B, n] are
+    the scaled pixels each output pixel shows. Scaled pixel p covers source positions around
+    centre (p + 0.5) * size / scaled; source pixel k weighs tri((k + 0.5 - centre) / a),
+    a = max(1, size / scaled), tri(x) = max(0, 1 - |x|), normalised to sum 1. When shrinking
+    the triangle widens by 1 / scale (PIL's and ``F.interpolate(antialias=True)``'s
+    antialiasing); when growing it is plain bilinear interpolation. The taps start at the
+    first pixel of positive weight, moved inside [0, size - taps].
+
+    positions [B, n] int64, scaled [B] int64 -> (first [B, n] int64, weights [B, n, taps]
+    float32).
+    """
+    ratio = (size / scaled.float())[:, None]  # source pixels per scaled pixel, [B, 1]
+    half_width = ratio.clamp(min=1.0)
+    centre = (positions + 0.5) * ratio
+    first = (centre - half_width + 0.5).floor_().clamp_(0, size - taps)
+    offsets = torch.arange(taps, device=positions.device, dtype=centre.dtype)
+    distance = (first[..., None] + offsets + 0.5 - centre[..., None]) / half_width[..., None]
+    weights = distance.abs_().neg_().add_(1.0).clamp_(min=0.0)
+    return first.long(), weights / weights.sum(-1, keepdim=True)
+
+
+def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
+    """Resample x [B, C, N, L] along dim 2 -> [B, C, n, L]: output row r of image i is
+    sum_t weights[i, r, t] * x[i, :, first[i, r] + t] (first [B, n], weights [B, n, taps]).
+
+    One ``embedding_bag`` over the rows of all images and channels: a fused gather and
+    weighted sum of whole contiguous rows, with no dense [n, N] matrix (a batched matmul
+    would spend ~100x the multiplications on zero weights)."""
+    b, c, n_in, length = x.shape
+    n, taps = weights.shape[1:]
+    row0 = torch.arange(b * c, device=x.device).view(b, c, 1, 1) * n_in
+    steps = torch.arange(taps, device=x.device)
+    index = (row0 + first[:, None, :, None] + steps).view(-1, taps)
+    per_row = weights.to(x.dtype)[:, None].expand(b, c, n, taps).reshape(-1, taps)
+    out = F.embedding_bag(index, x.reshape(b * c * n_in, length), mode="sum",
+                          per_sample_weights=per_row)
+    return out.view(b, c, n, length)
+
+
+def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor],
+              out: Tensor) -> Tensor:
+    """Separable resample of images [B, C, H, W] into out [B, C, h, w] with the (first,
+    weights) of ``_resample_weights`` for rows ([B, h], [B, h, taps]) and columns ([B, w],
+    [B, w, taps]): rows first, then the columns as the rows of the transposed intermediate,
+    transposed back into out."""
+    by_rows = _resample_dim2(images, *rows)  # [B, C, h, W]
+    by_cols = _resample_dim2(by_rows.transpose(2, 3).contiguous(), *cols)  # [B, C, w, h]
+    return out.copy_(by_cols.transpose(2, 3))
+
+
+def _nearest_source(positions: Tensor, scaled: Tensor, size: int) -> Tensor:
+    """The source pixel [B, n] that contains the centre of each scaled pixel positions [B, n]
+    of an axis scaled from size to scaled [B] pixels: floor((p + 0.5) * size / scaled), in
+    integers, so exact (a centre on a pixel border belongs to the pixel that starts there)."""
+    return ((2 * positions + 1) * size).div(2 * scaled[:, None], rounding_mode="floor")
+
+
+def _padded_pixel_index(source_rows: Tensor, source_cols: Tensor, height: int,
+                        width: int) -> Tensor:
+    """[B, h, w] int32 positions of the pixels source_rows [B, h] x source_cols [B, w] in a
+    flattened [B, height + 1, width + 1] batch (``_gather_padded``'s table)."""
+    b = source_rows.shape[0]
+    image0 = torch.arange(b, device=source_rows.device)[:, None] * ((height + 1) * (width + 1))
+    row0 = (image0 + source_rows * (width + 1)).int()
+    return row0[:, :, None] + source_cols.int()[:, None, :]  # int32: half an int64's traffic
+
+
+def _gather_padded(maps: Tensor, index: Tensor, fill: float, out: Tensor) -> Tensor:
+    """maps [B, H, W] at index [B, h, w] (``_padded_pixel_index``) into out [B, h, w] of
+    maps' dtype, exact; row H and column W, one past the end, read ``fill``. One gather from
+    maps padded with a row and a column of ``fill``: the padding needs no mask, no second
+    pass."""
+    table = F.pad(maps, (0, 1, 0, 1), value=fill)
+    torch.index_select(table.view(-1), 0, index.view(-1), out=out.view(-1))
     return out
 
 
-def _grid(src_y: Tensor, src_x: Tensor, h: int, w: int) -> Tensor:
-    """Source positions in pixel units, rows [B, n] and columns [B, n], as ``grid_sample``'s
-    [B, n, n, 2] grid of an [h, w] source (align_corners=False)."""
-    b, n = src_y.shape
-    return torch.stack(((2.0 * src_x / w - 1.0)[:, None, :].expand(b, n, n),
-                        (2.0 * src_y / h - 1.0)[:, :, None].expand(b, n, n)), dim=-1)
+class Geometry(NamedTuple):
+    """One scale-pad-crop-flip per image (``random_scale_crop``), all [B] int64 or bool on the
+    batch's device, and the tap count of the resampling filter (``filter_taps``)."""
+
+    scaled_h: Tensor
+    scaled_w: Tensor
+    top: Tensor
+    left: Tensor
+    flip: Tensor
+    taps_h: int
+    taps_w: int
 
 
-def _fill_padding(maps: Tensor, fill: float, valid_rows: list[int], valid_cols: list[int],
-                  flipped: list[bool]) -> Tensor:
-    """Write ``fill`` into the padded part of each crop of maps [B, h, w], in place.
+def geometry_draws(
+    images: Tensor, crop_size: int, scale_range: tuple[float, float],
+    generator: torch.Generator | None = None, hflip: bool = False,
+) -> Geometry:
+    """random_scale_crop's random choices (METHOD 7.3) for images [B, 3, H, W]: per image
+    the scale s ~ U(scale_range), the scaled size floor(s * H) x floor(s * W) (at least 1),
+    the crop's top and left corner uniform over the padded scaled image, and with hflip a
+    fair coin."""
+    b, _, h, w = images.shape
+    scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
+    scaled_h = (scale * h).floor().clamp(min=1).long()
+    scaled_w = (scale * w).floor().clamp(min=1).long()
+    top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
+    left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
+    flip = (_bernoulli(b, FLIP_P, images, generator) if hflip
+            else torch.zeros(b, dtype=torch.bool, device=images.device))
+    low = min(scale_range)
+    return Geometry(scaled_h, scaled_w, top, left, flip, filter_taps(h, low), filter_taps(w, low))
 
-    Crop i is padding from row valid_rows[i] on and from column valid_cols[i] on (the first
-    w - valid_cols[i] columns when flipped[i]). Padding is a rectangle per image, so slices
-    write it touching nothing else (a [B, h, w] mask costs several passes over the batch)."""
-    width = maps.shape[-1]
-    for i, (rows, cols, flip) in enumerate(zip(valid_rows, valid_cols, flipped, strict=True)):
-        maps[i, rows:] = fill
-        maps[i, :, slice(0, width - cols) if flip else slice(cols, width)] = fill
-    return maps
 
+def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: int,
+               geometry: Geometry) -> Batch:
+    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it; METHOD 7.3 and the
+    flip of 7.5), on the device.
 
-def _sample_nearest(maps: Tensor, grid: Tensor, fill: float,
-                    padding: tuple[list[int], list[int], list[bool]]) -> Tensor:
-    """maps [B, H, W] at grid [B, h, w, 2] (``grid_sample``'s convention), nearest neighbour,
-    with ``fill`` written into the padding (``_fill_padding``'s arguments) -> [B, h, w] of
-    maps' dtype. One channel at a time through float32: exact for labels (below 2^24), and
-    cheaper than stacking labels and confidence into one tensor first."""
-    near = F.grid_sample(maps.float()[:, None], grid, mode="nearest", padding_mode="border",
-                         align_corners=False)[:, 0]
-    return _fill_padding(near, fill, *padding).to(maps.dtype)
+    For each axis the crop's pixels are mapped to pixels of the scaled image (reflected back
+    into it where they fall in the padding, and the columns reversed where flipped), then to
+    source pixels: the image by PIL's bilinear filter (``_resample_weights``, separable,
+    ``_resample``), label and confidence by the source pixel containing the centre (255 and
+    0 in the padding). Every size and offset stays a tensor: nothing is read back to the
+    host. On the CPU the images go through in chunks (``_chunks``).
+
+    images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
+    [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
+    """
+    b, c, h, w = images.shape
+    steps = torch.arange(crop_size, device=images.device)
+    row_in_scaled = geometry.top[:, None] + steps  # [B, crop], before reflection
+    col_in_scaled = geometry.left[:, None] + steps
+    col_in_scaled = torch.where(geometry.flip[:, None], col_in_scaled.flip(1), col_in_scaled)
+    rows = _reflect_index(row_in_scaled, geometry.scaled_h[:, None])
+    cols = _reflect_index(col_in_scaled, geometry.scaled_w[:, None])
+    row_weights = _resample_weights(rows, geometry.scaled_h, h, geometry.taps_h)
+    col_weights = _resample_weights(cols, geometry.scaled_w, w, geometry.taps_w)
+    # Label and confidence pixels in the padding read one past the end: the fill.
+    source_rows = torch.where(row_in_scaled < geometry.scaled_h[:, None],
+                              _nearest_source(rows, geometry.scaled_h, h), h)
+    source_cols = torch.where(col_in_scaled < geometry.scaled_w[:, None],
+                              _nearest_source(cols, geometry.scaled_w, w), w)
+    out_images = images.new_empty(b, c, crop_size, crop_size)
+    out_labels = labels.new_empty(b, crop_size, crop_size)
+    out_confidence = confidence.new_empty(b, crop_size, crop_size)
+    for part in _chunks(images):
+        _resample(images[part], tuple(x[part] for x in row_weights),
+                  tuple(x[part] for x in col_weights), out_images[part])
+        index = _padded_pixel_index(source_rows[part], source_cols[part], h, w)
+        _gather_padded(labels[part], index, IGNORE_INDEX, out_labels[part])
+        _gather_padded(confidence[part], index, 0.0, out_confidence[part])
+    return out_images, out_labels, out_confidence
 
 
 def random_scale_crop(
@@ -133,12 +272,9 @@ def random_scale_crop(
     bilinear, antialiased when shrinking, as PIL's resize; label and confidence nearest),
     padded on the right and bottom up to crop_size when smaller (image: reflection without
     repeating the edge pixel; label: 255; confidence: 0), cropped at a random offset and,
-    with hflip, mirrored; image, label and confidence share the transform. One
-    ``grid_sample`` per tensor does it all, at the scaled pixels' centres: for the image from
-    the source (growing) or from its antialiased resize (shrinking), for label and confidence
-    from the source by nearest neighbour (the source pixel that contains the centre), their
-    padding then written by slices. The flip only reverses the crop's column order, so it
-    costs nothing here.
+    with hflip, mirrored; image, label and confidence share the transform
+    (``geometry_draws``, then ``scale_crop``). The flip only reverses the crop's column
+    order, so it costs nothing.
 
     METHOD 7.5 flips after mixing; flipping here instead is the same flip per image, except
     that the pixels an image takes from its mixing partner carry the partner's coin rather
@@ -147,39 +283,8 @@ def random_scale_crop(
     images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
     [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
     """
-    b, _, h, w = images.shape
-    scale = _uniform(b, scale_range[0], scale_range[1], images, generator)
-    scaled_h = (scale * h).floor().clamp(min=1).long()
-    scaled_w = (scale * w).floor().clamp(min=1).long()
-    top = _randint(scaled_h.clamp(min=crop_size) - crop_size + 1, generator)
-    left = _randint(scaled_w.clamp(min=crop_size) - crop_size + 1, generator)
-    flip = (_bernoulli(b, FLIP_P, images, generator) if hflip
-            else torch.zeros(b, dtype=torch.bool, device=images.device))
-    steps = torch.arange(crop_size, device=images.device)
-    # Pixels of the scaled image that the crop shows, padding reflected back into it.
-    rows = _reflect_index(top[:, None] + steps[None], scaled_h[:, None])  # [B, crop]
-    cols = _reflect_index(left[:, None] + steps[None], scaled_w[:, None])
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    shrunk = scale < 1.0
-    # One host read for everything the per-image work below needs.
-    sizes = torch.stack((scaled_h, scaled_w, (scaled_h - top).clamp(max=crop_size),
-                         (scaled_w - left).clamp(max=crop_size), flip.long(),
-                         shrunk.long())).tolist()
-    fy, fx = (h / scaled_h)[:, None], (w / scaled_w)[:, None]  # source pixels per scaled pixel
-    source_grid = _grid((rows + 0.5) * fy, (cols + 0.5) * fx, h, w)
-    if any(sizes[5]):
-        grow = ~shrunk[:, None]
-        image_grid = _grid((rows + 0.5) * torch.where(grow, fy, 1.0),
-                           (cols + 0.5) * torch.where(grow, fx, 1.0), h, w)
-        source = _antialiased(images, sizes[0], sizes[1], [bool(s) for s in sizes[5]])
-    else:
-        image_grid, source = source_grid, images
-    out_images = F.grid_sample(source, image_grid.to(images.dtype), mode="bilinear",
-                               padding_mode="border", align_corners=False)
-    padding = (sizes[2], sizes[3], [bool(f) for f in sizes[4]])
-    out_labels = _sample_nearest(labels, source_grid, IGNORE_INDEX, padding)
-    out_confidence = _sample_nearest(confidence, source_grid, 0.0, padding)
-    return out_images, out_labels, out_confidence
+    geometry = geometry_draws(images, crop_size, scale_range, generator, hflip)
+    return scale_crop(images, labels, confidence, crop_size, geometry)
 
 
 # --- 7.4 mixing -----------------------------------------------------------------------------
@@ -290,8 +395,8 @@ def _paste_from_next(keep: Tensor, own: Tensor) -> Tensor:
 _LUMA = (0.299, 0.587, 0.114)
 """ITU-R 601 luma, PIL's grayscale: the gray that contrast and saturation blend with."""
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-_HSV_OFFSETS = (5.0, 3.0, 1.0)
-"""Where red, green and blue sit on the hexagon of hues, in sixths of a turn (for HSV -> RGB)."""
+_HUE_CENTRES = (0.0, 2.0, 4.0)
+"""Where red, green and blue peak on the hexagon of hues, in sixths of a turn."""
 
 
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
@@ -301,11 +406,12 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     The hue is the position on the hexagon of the maximum (value) and minimum channels, in
     sixths of a turn: (g - b) / chroma where red is the maximum, 2 + (b - r) / chroma where
     green is (and red is not), 4 + (r - g) / chroma otherwise. The shifted colour keeps the
-    maximum and the minimum and takes its channels from the hexagon at the new position:
-    channel k = value - chroma * clamp(min(q_k, 4 - q_k), 0, 1), q_k = (o_k + 6 h) mod 6.
-    Gray pixels (chroma 0) stay as they are. Only plain arithmetic, no ``where``: which
-    channel is the maximum is ceil(max - channel), exactly 0 or 1 for values in [0, 1], and a
-    CPU runs these passes several times faster than selections or ``remainder``.
+    maximum and the minimum; channel k sits between them by how far the new hue h is from
+    its centre c_k (0, 2, 4): min + chroma * clamp(||h - c_k| - 3| - 1, 0, 1), the maximum
+    within one sixth of c_k, the minimum from two sixths on (h in [0, 6)). Gray pixels
+    (chroma 0) stay as they are. Only plain arithmetic, no ``where``: which channel is the
+    maximum is ceil(max - channel), exactly 0 or 1 for values in [0, 1], and a CPU runs
+    these passes several times faster than selections or ``remainder``.
     images [N, 3, H, W] in [0, 1], shift [N] -> [N, 3, H, W].
     """
     high = images.amax(1, keepdim=True)
@@ -319,29 +425,58 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     blue_max = torch.sub(r, g).add_(chroma, alpha=4.0)
     hue = blue_max.sub_(green_max).mul_(green_not_max).add_(green_max)
     hue = hue.sub_(red_max).mul_(red_not_max).add_(red_max).div_(chroma.clamp(min=1e-30))
-    offsets = torch.tensor(_HSV_OFFSETS, device=images.device, dtype=images.dtype)
-    turns = offsets.view(1, 3, 1, 1) + 6.0 * shift.view(-1, 1, 1, 1).to(images.dtype)
-    q = hue + turns
-    q = q.sub_(q.div(6.0).floor_().mul_(6.0))
-    ramp = torch.minimum(q, torch.rsub(q, 4.0)).clamp_(0.0, 1.0)
-    return ramp.mul_(chroma).neg_().add_(high)
+    # Shifted, in [0, 6): hue is in [-1, 5], so + 6 keeps it positive before the modulo.
+    hue = hue.add_((6.0 * shift + 6.0).view(-1, 1, 1, 1).to(images.dtype))
+    hue = hue.sub_(hue.div(6.0).floor_().mul_(6.0))
+    centres = torch.tensor(_HUE_CENTRES, device=images.device, dtype=images.dtype)
+    ramp = hue.sub(centres.view(1, 3, 1, 1)).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    return torch.addcmul(low, ramp, chroma)
 
 
-def _linear_jitter(images: Tensor, op: Tensor, factor: Tensor) -> Tensor:
-    """Brightness, contrast or saturation per image, as torchvision's, in one batched product:
-    image i gets op[i] (BRIGHTNESS, CONTRAST, SATURATION; anything else leaves it as it is)
-    with factor[i], then [0, 1] clamping. Brightness scales; contrast blends with the image's
-    mean gray; saturation blends each pixel with its gray. images [B, 3, H, W] -> new."""
-    b, c, h, w = images.shape
-    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype)
-    f = torch.where((op >= BRIGHTNESS) & (op <= SATURATION), factor, 1.0).view(b, 1, 1)
-    matrix = f * torch.eye(c, device=images.device, dtype=images.dtype)
-    to_gray = torch.where((op == SATURATION).view(b, 1, 1), 1.0 - f, 0.0) * luma.expand(c, c)
-    mean_gray = torch.einsum("bchw,c->b", images, luma) / (h * w)
-    offset = torch.where(op == CONTRAST, (1.0 - f.view(b)) * mean_gray, 0.0)
-    out = torch.baddbmm(offset.view(b, 1, 1).expand(b, c, 1), matrix + to_gray,
-                        images.reshape(b, c, h * w))
-    return out.clamp_(0.0, 1.0).view(b, c, h, w)
+def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's linear step at each of the four positions of its order, as torchvision's
+    brightness, contrast and saturation are, before their [0, 1] clamping: a colour matrix
+    M and a matrix C that turns the channel means of the image, as it is then, into the
+    offset the step adds: step(x) = M x + C mean(x).
+
+    At position p image i does op = order[i, p] with f = factors[i, op]: brightness scales
+    (M = f I); saturation blends each pixel with its gray (M = f I + (1 - f) 1 luma^T);
+    contrast scales and adds (1 - f) * mean gray (M = f I, C = (1 - f) 1 luma^T); HUE and
+    -1 are the identity here. C is zero but for contrast. Built once per batch (METHOD 7.5).
+
+    order [B, 4] int64, factors [B, 3] -> (M [B, 4, 3, 3], C [B, 4, 3, 3]).
+    """
+    linear = (order >= BRIGHTNESS) & (order <= SATURATION)
+    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
+    eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
+    luma = torch.tensor(_LUMA, device=factors.device, dtype=factors.dtype).expand(3, 3)
+    to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
+    to_mean_gray = torch.where((order == CONTRAST)[..., None, None], 1.0 - f, 0.0) * luma
+    return f * eye + to_gray, to_mean_gray
+
+
+def _jitter(images: Tensor, matrices: Tensor, mean_matrices: Tensor, hue_at: Tensor,
+            hue: Tensor, out: Tensor | None = None) -> Tensor:
+    """The four positions of ``jitter_in_order`` on images [N, 3, H, W], with the steps of
+    ``_linear_steps`` (matrices, mean_matrices [N, 4, 3, 3]), hue_at [N, 4] bool (where each
+    image's hue shift comes) and hue [N].
+
+    At each position one batched product applies every image's linear step there (the
+    identity for the others: exact), plus its offset from the image's channel means, then
+    the [0, 1] clamp; ``adjust_hue`` runs on the images whose hue shift comes there. The
+    last product writes into out [N, 3, H, W] when given. Returns the jittered images."""
+    n, c, h, w = images.shape
+    x = images.reshape(n, c, h * w)
+    for position in range(4):
+        offset = torch.bmm(mean_matrices[:, position], x.mean(-1, keepdim=True))  # [N, 3, 1]
+        target = out.view(n, c, h * w) if out is not None and position == 3 else None
+        x = torch.baddbmm(offset, matrices[:, position], x, out=target).clamp_(0.0, 1.0)
+        shifted = hue_at[:, position].nonzero().squeeze(1)
+        if shifted.numel():  # index_select/index_copy_: faster than x[shifted] = ...
+            shaped = x.view(n, c, h, w)
+            shaped.index_copy_(0, shifted, adjust_hue(shaped.index_select(0, shifted),
+                                                      hue[shifted]))
+    return x.view(n, c, h, w)
 
 
 def _jitter_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batch:
@@ -367,21 +502,11 @@ def color_jitter(images: Tensor, generator: torch.Generator | None = None) -> Te
 def jitter_in_order(images: Tensor, order: Tensor, factors: Tensor, hue: Tensor) -> Tensor:
     """Image i goes through the steps order[i] (BRIGHTNESS, CONTRAST, SATURATION or HUE; -1
     skips a position) with its brightness, contrast and saturation factors[i] and hue shift
-    hue[i], each step as torchvision's, clamped to [0, 1]. At each of the four positions one
-    batched product applies every image's linear step there (``_linear_jitter``), and
-    ``adjust_hue`` runs on the images whose hue shift comes there.
+    hue[i], each step as torchvision's, clamped to [0, 1] (``_linear_steps``, ``_jitter``).
 
     images [B, 3, H, W], order [B, 4] int64, factors [B, 3], hue [B] -> [B, 3, H, W].
     """
-    out = images
-    for position in range(4):
-        op = order[:, position]
-        factor = factors.gather(1, op.clamp(0, 2)[:, None])[:, 0]
-        out = _linear_jitter(out, op, factor)
-        shifted = (op == HUE).nonzero().squeeze(1)
-        if shifted.numel():
-            out[shifted] = adjust_hue(out[shifted], hue[shifted])
-    return out
+    return _jitter(images, *_linear_steps(order, factors.to(images.dtype)), order == HUE, hue)
 
 
 def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
@@ -389,7 +514,7 @@ def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
     taps = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
     kernel = torch.exp(-(taps[None] ** 2) / (2.0 * sigma[:, None] ** 2))
     # Taps below 1e-7 are zeroed: a narrow kernel's outer taps would be denormal floats,
-    # which make the convolution many times slower on a CPU.
+    # which make the arithmetic many times slower on a CPU.
     kernel = kernel.masked_fill(kernel < 1e-7, 0.0)
     return kernel / kernel.sum(dim=1, keepdim=True)
 
@@ -403,64 +528,84 @@ def _blur_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batc
 def gaussian_blur(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Gaussian blur with probability 0.5 per image, sigma ~ U[0.15, 1.15] (METHOD 7.5).
 
-    The chosen images go through one separable depthwise convolution (kernel radius
-    ceil(3 * 1.15) = 4, reflection padding) in channels-last layout, where a CPU runs it
-    several times faster than in the default layout; the others are untouched.
+    The chosen images go through a separable Gaussian (kernel radius ceil(3 * 1.15) = 4,
+    reflection padding, ``_blur_``); the others are untouched.
     images [B, 3, H, W] -> [B, 3, H, W].
     """
-    return _blur_(images.clone(), *_blur_draws(images.shape[0], images, generator))
+    apply, sigma = _blur_draws(images.shape[0], images, generator)
+    return _blur_(images.clone(), apply, _blur_kernels(sigma, BLUR_RADIUS))
 
 
-def _blur_(images: Tensor, apply: Tensor, sigma: Tensor) -> Tensor:
-    """Blur images [B, 3, H, W] where apply [B] with sigma [B], writing into images."""
+
+def _reflected_taps(n: int, radius: int, device: torch.device) -> Tensor:
+    """[n, 2 * radius + 1] int64: the pixels under a kernel centred on each of n pixels,
+    reflected into [0, n) as reflection padding does (without repeating the edge)."""
+    near = torch.arange(n, device=device)[:, None] + torch.arange(-radius, radius + 1,
+                                                                  device=device)
+    return _reflect_index(near.abs(), torch.tensor(n, device=device))
+
+
+def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) -> Tensor:
+    """planes[chosen] [m, N, L] convolved along N with kernels [m, k] at the rows taps
+    [N, k] (``_reflected_taps``) -> [m, N, L]. One ``embedding_bag`` gathers and weighs
+    whole rows straight from planes [P, N, L] (no copy of the chosen planes, no padded copy:
+    the reflection is in the row indices). A CPU runs this several times faster than a
+    depthwise convolution along either axis."""
+    _, n, length = planes.shape
+    m, k = kernels.shape
+    row_index = (chosen[:, None, None] * n + taps).view(-1, k)
+    weights = kernels.to(planes.dtype)[:, None, :].expand(m, n, k).reshape(-1, k)
+    out = F.embedding_bag(row_index, planes.reshape(-1, length), mode="sum",
+                          per_sample_weights=weights)
+    return out.view(m, n, length)
+
+
+def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
+           taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Blur (METHOD 7.5) images [B, 3, H, W] where apply [B] with kernels [B, 2 * radius + 1]
+    (``_blur_kernels``), writing into images: along H (``_blur_dim1``), then along W as
+    along H of the transpose, clamped to [0, 1]. taps: ``_reflected_taps`` for H and W
+    (computed here unless given). An image smaller than the kernel along an axis uses the
+    kernel's middle taps only there."""
     _, c, h, w = images.shape
     index = apply.nonzero().squeeze(1)
     n = index.numel()
     if n == 0:
         return images
-    radius = math.ceil(3 * BLUR_SIGMA[1])
-    kernel = _blur_kernels(sigma[index], radius).repeat_interleave(c, dim=0)
+    radius = kernels.shape[1] // 2
     pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
-    # The chosen images as the n * c channels of one image, channels last.
-    x = images.index_select(0, index).view(1, n * c, h, w)
-    x = x.contiguous(memory_format=torch.channels_last)
-    x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    x = F.conv2d(x, kernel[:, None, radius - pad_h: radius + pad_h + 1, None], groups=n * c)
-    x = F.conv2d(x, kernel[:, None, None, radius - pad_w: radius + pad_w + 1], groups=n * c)
-    # Back to [n * c, h * w]: as a 2-D transpose, which torch copies in cache-sized blocks
-    # (an index_copy_ straight from channels last reads with a stride and is ~2x slower).
-    planar = torch.empty(n * c, h * w, dtype=x.dtype, device=x.device)
-    planar.copy_(x.clamp_(0.0, 1.0).view(n * c, h * w))
-    return images.index_copy_(0, index, planar.view(n, c, h, w))
-
-
-CPU_CHUNK_BYTES = 4 << 20
-"""On the CPU the photometric steps run over chunks of the batch of about this size, so that
-their dozens of elementwise passes work in cache instead of streaming the batch from memory
-each time. Elsewhere the batch goes through at once."""
-
-
-def _chunks(images: Tensor) -> list[slice]:
-    """Slices of images' batch dimension: cache-sized chunks on the CPU, else the whole."""
-    b = images.shape[0]
-    if images.device.type != "cpu":
-        return [slice(0, b)]
-    per_image = images[0].numel() * images.element_size()
-    step = max(1, CPU_CHUNK_BYTES // max(per_image, 1))
-    return [slice(i, i + step) for i in range(0, b, step)]
+    if taps is None:
+        taps = (_reflected_taps(h, pad_h, images.device), _reflected_taps(w, pad_w, images.device))
+    per_plane = kernels.index_select(0, index).repeat_interleave(c, dim=0)
+    chosen = (index[:, None] * c + torch.arange(c, device=images.device)).view(-1)
+    x = _blur_dim1(images.view(-1, h, w), chosen,
+                   per_plane[:, radius - pad_h: radius + pad_h + 1], taps[0])
+    x = _blur_dim1(x.transpose(1, 2).contiguous(), torch.arange(n * c, device=images.device),
+                   per_plane[:, radius - pad_w: radius + pad_w + 1], taps[1])  # [n * c, W, H]
+    blurred = x.clamp_(0.0, 1.0).view(n, c, w, h).transpose(2, 3)
+    return images.index_copy_(0, index, blurred)
 
 
 def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
     (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
-    All random choices are drawn for the batch first, then the steps run chunk by chunk
-    (``_chunks``).
+    All random choices, colour matrices and blur kernels are made for the batch first, then
+    the steps run chunk by chunk (``_chunks``), each chunk's last colour step writing into
+    the output.
 
     images [B, 3, H, W] in [0, 1] -> a new [B, 3, H, W] in [0, 1].
     """
-    b = images.shape[0]
+    b, _, h, w = images.shape
     order, factors, hue = _jitter_draws(b, images, generator)
     blurred, sigma = _blur_draws(b, images, generator)
-    parts = [_blur_(jitter_in_order(images[part], order[part], factors[part], hue[part]),
-                    blurred[part], sigma[part]) for part in _chunks(images)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    matrices, mean_matrices = _linear_steps(order, factors.to(images.dtype))
+    hue_at = order == HUE
+    kernels = _blur_kernels(sigma, BLUR_RADIUS)
+    taps = (_reflected_taps(h, min(BLUR_RADIUS, h - 1), images.device),
+            _reflected_taps(w, min(BLUR_RADIUS, w - 1), images.device))
+    out = torch.empty_like(images, memory_format=torch.contiguous_format)
+    for part in _chunks(images):
+        _jitter(images[part], matrices[part], mean_matrices[part], hue_at[part], hue[part],
+                out[part])
+        _blur_(out[part], blurred[part], kernels[part], taps)
+    return out
