@@ -189,3 +189,23 @@ def test_operator_count_sees_host_reads():
     with OperatorCount() as counted:
         torch.ones(2).sum().item()
     assert len(counted.reads) == 1 and counted.count == 3
+
+
+def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path):
+    trainer, batch = ready_trainer(cache, tmp_path)
+
+    def counters():
+        return {(name, k): int(v) for name in ("student", "teacher")
+                for k, v in getattr(trainer, name).state_dict().items()
+                if k.endswith("num_batches_tracked")}
+
+    before = counters()
+    trainer.train_step(*batch)
+    after = counters()
+    steps = {key: after[key] - before[key] for key in before}
+    never_run = ("representation", "probability_head")  # the teacher's unused heads
+    for (name, key), step in steps.items():
+        if name == "student":
+            assert step == 2, key  # the labelled and the unlabelled pass
+        else:
+            assert step == (0 if key.startswith(never_run) else 1), key

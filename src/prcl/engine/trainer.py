@@ -23,6 +23,7 @@ from tqdm import tqdm
 from prcl.config import Config, save_config
 from prcl.data import build_datasets
 from prcl.engine import distributed
+from prcl.engine.batchnorm_counts import BatchNormCounts
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
 from prcl.engine.guard import (
@@ -138,6 +139,7 @@ class Trainer:
                 self.student, device_ids=[self.rt.device] if on_gpu else None,
                 find_unused_parameters=self.semi and self.warmup_steps > 0,
             )
+        self.batchnorm_counts = BatchNormCounts(self.student, self.teacher)
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
         groups = self.student.parameter_groups()
@@ -225,17 +227,8 @@ class Trainer:
         consecutive steps were skipped."""
         self.network.train()
         self.teacher.train()
-        if self.semi and images_u is not None:
-            partners = None
-            if self.rt.distributed and self.cfg.data.mix_across_ranks:
-                partners = distributed.gathered_partners
-            losses = prcl_step_losses(
-                self.network, self.teacher, images_l, labels_l, images_u, self.cfg,
-                self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
-            )
-        else:
-            losses = supervised_step_losses(self.network, images_l, labels_l, self._autocast())
-
+        with self.batchnorm_counts.deferred():
+            losses = self._losses(images_l, labels_l, images_u)
         self.optimizer.zero_grad(set_to_none=True)
         self.head_optimizer.zero_grad(set_to_none=True)
         skip = loss_skip_flag(losses.total, self._reduce_max if self.rt.distributed else None)
@@ -248,6 +241,20 @@ class Trainer:
         self.skips.update(skip)
         self.step += 1
         return losses
+
+    def _losses(self, images_l: torch.Tensor, labels_l: torch.Tensor,
+                images_u: torch.Tensor | None) -> StepLosses:
+        """The step's forward passes and losses: PRCL's, or the labelled-only baseline's
+        (also PRCL's labelled warm-up, when ``images_u`` is None)."""
+        if not self.semi or images_u is None:
+            return supervised_step_losses(self.network, images_l, labels_l, self._autocast())
+        partners = None
+        if self.rt.distributed and self.cfg.data.mix_across_ranks:
+            partners = distributed.gathered_partners
+        return prcl_step_losses(
+            self.network, self.teacher, images_l, labels_l, images_u, self.cfg,
+            self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
+        )
 
     def _optimise(self, total: torch.Tensor, skip: torch.Tensor) -> None:
         """Backward and both optimisers' steps, none of it applied when ``skip`` (``[]``, 1.0
