@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from prcl.engine import Trainer, TrainingDiverged
 from prcl.engine import trainer as trainer_module
 from prcl.engine.ema import ema_update
+from prcl.engine.trainer import memory_format
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
@@ -209,3 +210,18 @@ def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path):
             assert step == 2, key  # the labelled and the unlabelled pass
         else:
             assert step == (0 if key.startswith(never_run) else 1), key
+
+
+def test_channels_last_is_the_cuda_default_and_keeps_the_cpu_step(cache, tmp_path):
+    assert memory_format("auto", torch.device("cuda")) == torch.channels_last
+    assert memory_format("auto", torch.device("cpu")) == torch.contiguous_format
+    totals = {}
+    for layout in ("contiguous", "channels_last"):
+        trainer = Trainer(tiny(cache, tmp_path / layout, f"train.memory_format={layout}"),
+                          progress=False)
+        conv = trainer.teacher.encoder.conv1.weight
+        assert conv.is_contiguous(memory_format=memory_format(layout, conv.device))
+        labelled, unlabelled = trainer._loaders()
+        totals[layout] = trainer.train_step(*trainer._next_batch(labelled, unlabelled)).total
+    torch.testing.assert_close(totals["channels_last"], totals["contiguous"], rtol=1e-4,
+                               atol=1e-5)

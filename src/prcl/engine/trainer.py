@@ -75,6 +75,14 @@ def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def memory_format(name: str, device: torch.device) -> torch.memory_format:
+    """``auto``: channels-last on CUDA, where cuDNN's bf16 and fp16 convolutions run in that
+    layout (NCHW costs a transpose around each), contiguous elsewhere."""
+    if name == "channels_last" or (name == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def scaled_learning_rates(cfg: Config, world_size: int) -> tuple[float, float, float]:
     """The config's lr belongs to a total labelled batch of ``optim.reference_batch_size``;
     with another total batch (batch_size x world_size) both learning rates scale linearly.
@@ -121,7 +129,8 @@ class Trainer:
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
         self.warmup_steps = cfg.train.labelled_warmup_epochs * cfg.train.steps_per_epoch
 
-        self.student = model_from_config(cfg.model, self.num_classes).to(self.rt.device)
+        self.student = model_from_config(cfg.model, self.num_classes).to(
+            self.rt.device, memory_format=memory_format(cfg.train.memory_format, self.rt.device))
         if self.semi:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         else:  # the baseline has no teacher: it is evaluated and saved as the student
@@ -139,7 +148,13 @@ class Trainer:
                 self.student, device_ids=[self.rt.device] if on_gpu else None,
                 find_unused_parameters=self.semi and self.warmup_steps > 0,
             )
-        self.batchnorm_counts = BatchNormCounts(self.student, self.teacher)
+        self.teacher_network = self.teacher
+        if cfg.train.compile:
+            self.network = torch.compile(self.network)
+            self.teacher_network = torch.compile(self.teacher) if self.semi else self.network
+        # compiled graphs update the counters inside themselves
+        self.batchnorm_counts = (BatchNormCounts() if cfg.train.compile
+                                 else BatchNormCounts(self.student, self.teacher))
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
         groups = self.student.parameter_groups()
@@ -252,7 +267,7 @@ class Trainer:
         if self.rt.distributed and self.cfg.data.mix_across_ranks:
             partners = distributed.gathered_partners
         return prcl_step_losses(
-            self.network, self.teacher, images_l, labels_l, images_u, self.cfg,
+            self.network, self.teacher_network, images_l, labels_l, images_u, self.cfg,
             self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
         )
 
