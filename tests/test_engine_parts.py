@@ -170,3 +170,25 @@ def test_batchnorm_counters_deferred_end_where_each_pass_would_leave_them():
     assert [int(t) for t in got] == [3, 2, 1]
     for a, b in zip(deferred.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_evaluation_of_whole_images_does_not_autotune_cudnn(monkeypatch, mode):
+    import importlib
+
+    from prcl.config import EvalConfig
+
+    evaluate_module = importlib.import_module("prcl.evaluation.evaluate")
+    from prcl.evaluation.inference import Prediction
+
+    seen = []
+
+    def fake_predict(model, images, cfg, uncertainty=False):
+        seen.append(torch.backends.cudnn.benchmark)
+        return Prediction(torch.rand(1, 2, *images.shape[-2:]), None)
+
+    monkeypatch.setattr(evaluate_module, "predict", fake_predict)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    data = [(torch.rand(3, 8 + i, 9), torch.zeros(8 + i, 9, dtype=torch.long)) for i in range(3)]
+    evaluate_module.evaluate(torch.nn.Identity(), data, 2, EvalConfig(mode=mode))
+    assert seen == [mode == "sliding"] * 3 and torch.backends.cudnn.benchmark
