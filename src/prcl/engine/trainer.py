@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prcl.config import Config, save_config
-from prcl.data import build_datasets
+from prcl.data import DataBundle, build_datasets
 from prcl.engine import distributed
 from prcl.engine.batchnorm_counts import BatchNormCounts
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
@@ -110,12 +110,13 @@ class Trainer:
     ``resume``: a checkpoint written by an earlier run (``last.pth``); training continues
     exactly where it stopped. A new run refuses a folder that holds another run's files
     unless ``overwrite`` (then they are deleted first); see ``prcl.engine.run_folder``. Under
-    torchrun, each process builds its own Trainer.
+    torchrun, each process builds its own Trainer. ``data``: datasets built elsewhere (a
+    benchmark's) instead of those ``cfg.data`` names.
     """
 
     def __init__(self, cfg: Config, resume: str | Path | dict[str, Any] | None = None,
                  runtime: distributed.Runtime | None = None, progress: bool = True,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, data: DataBundle | None = None) -> None:
         state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
         self.cfg = cfg
         self.rt = runtime or distributed.setup_runtime(cfg.train.device)
@@ -123,7 +124,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.out_dir)
         self.progress = progress and self.rt.is_main
         self.overwrite = overwrite
-        self.data = build_datasets(cfg.data)
+        self.data = build_datasets(cfg.data) if data is None else data
         self.num_classes = self.data.num_classes
         self.semi = cfg.train.method == "prcl"
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
@@ -152,9 +153,11 @@ class Trainer:
         if cfg.train.compile:
             self.network = torch.compile(self.network)
             self.teacher_network = torch.compile(self.teacher) if self.semi else self.network
-        # compiled graphs update the counters inside themselves
-        self.batchnorm_counts = (BatchNormCounts() if cfg.train.compile
-                                 else BatchNormCounts(self.student, self.teacher))
+        # compiled graphs update the counters inside themselves; DDP reads every buffer as a
+        # tensor in each forward pass (it broadcasts them), so the counters stay tensors
+        eager = not (cfg.train.compile or self.rt.distributed)
+        self.batchnorm_counts = (BatchNormCounts(self.student, self.teacher) if eager
+                                 else BatchNormCounts())
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
         groups = self.student.parameter_groups()
