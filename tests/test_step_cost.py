@@ -225,3 +225,16 @@ def test_channels_last_is_the_cuda_default_and_keeps_the_cpu_step(cache, tmp_pat
         totals[layout] = trainer.train_step(*trainer._next_batch(labelled, unlabelled)).total
     torch.testing.assert_close(totals["channels_last"], totals["contiguous"], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_a_checkpoint_of_the_foreach_optimiser_resumes_with_the_fused_one(cache, tmp_path):
+    trainer = Trainer(tiny(cache, tmp_path), progress=False)
+    trainer.fit(max_steps=2)
+    ckpt = trainer.checkpoint()
+    for key in ("optimizer", "head_optimizer"):
+        for group in ckpt["training"][key]["param_groups"]:
+            group["fused"], group["foreach"] = False, True  # as the trainer saved them before
+    resumed = Trainer(tiny(cache, tmp_path), resume=ckpt, progress=False)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    resumed.fit(max_steps=3)
+    assert resumed.step == 3 and resumed.skipped_steps == 0

@@ -195,6 +195,15 @@ class Trainer:
         zero_momentum_buffers(optimizer)
         return optimizer
 
+    @staticmethod
+    def _keep_fused(optimizer: torch.optim.SGD) -> None:
+        """After ``load_state_dict``, which takes every group setting from the checkpoint:
+        the fused step again (a checkpoint from before it holds ``foreach=True``), and zero
+        momentum buffers where the checkpoint had none."""
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, None
+        zero_momentum_buffers(optimizer)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp is None:
             return contextlib.nullcontext()
@@ -486,8 +495,10 @@ class Trainer:
                             f"resume with the same number (now {self.rt.world_size})")
         self.student.load_state_dict(ckpt["student"])
         self.teacher.load_state_dict(ckpt["teacher"])
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.head_optimizer.load_state_dict(training["head_optimizer"])
+        for optimizer, saved in ((self.optimizer, training["optimizer"]),
+                                 (self.head_optimizer, training["head_optimizer"])):
+            optimizer.load_state_dict(saved)
+            self._keep_fused(optimizer)
         self.scheduler.load_state_dict(training["scheduler"])
         self.head_scheduler.load_state_dict(training["head_scheduler"])
         self.scaler.load_state_dict(training["scaler"])
