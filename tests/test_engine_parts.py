@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from prcl.engine.batchnorm_counts import BatchNormCounts
 from prcl.engine.ema import ema_decay, ema_update
 from prcl.engine.loaders import InfiniteSampler, SeededSamples
 from prcl.engine.schedules import poly_lr, ramp_down
@@ -142,3 +143,52 @@ def test_sliding_window_covers_the_image_and_averages_overlaps():
     assert torch.allclose(two.probs[..., 48:], right[..., 16:], atol=1e-5)
     assert torch.allclose(two.probs[..., 32:48], (left[..., 32:] + right[..., :16]) / 2,
                           atol=1e-5)
+
+
+def test_batchnorm_counters_deferred_end_where_each_pass_would_leave_them():
+    def net():
+        return torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2),
+                                   torch.nn.BatchNorm1d(2, momentum=None))
+
+    deferred, plain = net(), net()
+    shared = deferred[0]  # a layer met twice is counted once
+    counts = BatchNormCounts(deferred, torch.nn.Sequential(shared))
+    assert len(counts.layers) == 2  # the cumulative-average layer reads its counter: left out
+    x = torch.randn(4, 2)
+    with counts.deferred():
+        for _ in range(2):
+            deferred[:2](x)
+        deferred[0](x)
+        deferred[2](x)
+        deferred.eval()(x)  # evaluation passes do not count
+        deferred.train()
+    for _ in range(2):
+        plain[:2](x)
+    plain[0](x)
+    plain[2](x)
+    got = [m.num_batches_tracked for m in deferred]
+    assert [int(t) for t in got] == [3, 2, 1]
+    for a, b in zip(deferred.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_evaluation_of_whole_images_does_not_autotune_cudnn(monkeypatch, mode):
+    import importlib
+
+    from prcl.config import EvalConfig
+
+    evaluate_module = importlib.import_module("prcl.evaluation.evaluate")
+    from prcl.evaluation.inference import Prediction
+
+    seen = []
+
+    def fake_predict(model, images, cfg, uncertainty=False):
+        seen.append(torch.backends.cudnn.benchmark)
+        return Prediction(torch.rand(1, 2, *images.shape[-2:]), None)
+
+    monkeypatch.setattr(evaluate_module, "predict", fake_predict)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    data = [(torch.rand(3, 8 + i, 9), torch.zeros(8 + i, 9, dtype=torch.long)) for i in range(3)]
+    evaluate_module.evaluate(torch.nn.Identity(), data, 2, EvalConfig(mode=mode))
+    assert seen == [mode == "sliding"] * 3 and torch.backends.cudnn.benchmark

@@ -369,6 +369,9 @@ def test_overrides_may_sit_on_either_side_of_options(capsys):
     ("loss.gdp_forgetting=1.5", "'loss.gdp_forgetting' is 1.5; it must be between 0 and 1"),
     ("loss.virtual_negatives=-1", "'loss.virtual_negatives' is -1; it must be 0 (off) or more"),
     ("loss.virtual_radius=-0.5", "'loss.virtual_radius' is -0.5; it must be 0 or more"),
+    ("train.compile=maybe", "'train.compile' must be bool, got 'maybe'"),
+    ("train.memory_format=nhwc", "'train.memory_format' is 'nhwc' (choose from auto, "
+                                 "channels_last, contiguous)"),
 ])
 def test_values_out_of_range_are_refused_before_anything_is_made(tmp_path, capsys, override,
                                                                   words):

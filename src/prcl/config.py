@@ -150,6 +150,12 @@ class TrainConfig:
     eval_every: int = 5
     amp: str = "auto"
     """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""
+    memory_format: str = "auto"
+    """auto (channels_last on CUDA, contiguous elsewhere) | channels_last | contiguous: the
+    layout of the networks' 4-D weights, which convolutions follow"""
+    compile: bool = False
+    """torch.compile the student and the teacher for training (the first steps compile;
+    evaluation stays eager)"""
     seed: int = 3407
     deterministic: bool = False
     out_dir: str = "runs/prcl"
@@ -190,6 +196,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.prototypes": ("batch", "global"),
     "train.method": ("prcl", "supervised"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
+    "train.memory_format": ("auto", "channels_last", "contiguous"),
     "eval.mode": ("whole", "sliding"),
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 TEACHER_UNRUN = ("representation", "probability_head")
 """The student's heads that the teacher never runs while training (it makes pseudo-labels
@@ -20,9 +20,13 @@ def ema_decay(step: int, alpha: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
-               buffers: Sequence[str] = ()) -> None:
+               buffers: Sequence[str] = (), skip: Tensor | None = None) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, over parameters, after each
     optimiser step; one foreach call per dtype.
+
+    ``skip`` (``[]`` float32 on the device, 1.0 for a step the non-finite guard skipped,
+    ``prcl.engine.guard``) leaves the teacher exactly as it was without a host read: the
+    update is then ``skip_blend_``'s four foreach calls per dtype instead of one.
 
     BatchNorm statistics are the teacher's own where it makes pseudo-labels in train mode, as
     in the authors' code. ``buffers`` names submodules whose floating buffers are averaged the
@@ -40,4 +44,16 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
         targets.append(t)
         sources.append(s)  # under no_grad: no detach (one dispatch) per tensor
     for targets, sources in by_dtype.values():
-        torch._foreach_lerp_(targets, sources, weight)
+        if skip is None:
+            torch._foreach_lerp_(targets, sources, weight)
+        else:
+            skip_blend_(targets, torch._foreach_lerp(targets, sources, weight), skip)
+
+
+def skip_blend_(targets: list[Tensor], updated: list[Tensor], skip: Tensor) -> None:
+    """targets <- updated * (1 - skip) + targets * skip for ``skip`` in {0, 1} (``[]``):
+    exactly ``updated`` or exactly ``targets`` (a product with 1 or 0 and a sum with 0 are
+    exact), decided on the device. ``updated`` is overwritten."""
+    torch._foreach_mul_(updated, 1 - skip)
+    torch._foreach_mul_(targets, skip)
+    torch._foreach_add_(targets, updated)

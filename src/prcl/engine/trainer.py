@@ -21,10 +21,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prcl.config import Config, save_config
-from prcl.data import build_datasets
+from prcl.data import DataBundle, build_datasets
 from prcl.engine import distributed
+from prcl.engine.batchnorm_counts import BatchNormCounts
 from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
+from prcl.engine.guard import (
+    MAX_LOSS,
+    SkipCounters,
+    SkipCounts,
+    flag_nonfinite_gradients_,
+    found_inf,
+    loss_skip_flag,
+    zero_momentum_buffers,
+)
 from prcl.engine.interrupts import EXIT_CODES, Interrupted, StopRequest, catch_stop_signals
 from prcl.engine.loaders import endless_loader, sample_seed, worker_error_message
 from prcl.engine.run_folder import hold_run_folder
@@ -46,12 +56,6 @@ class TrainingDiverged(PrclError):
     exploded), or weights that are no longer finite: no checkpoint is written from them."""
 
 
-MAX_LOSS = 1e4
-"""A finite loss above this is divergence: cross-entropies of a working network stay within
-a few tens and the PRCL loss near ln(1 + num_negatives); an exploding one passes 1e4 steps
-before its weights turn into NaN."""
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -69,6 +73,14 @@ def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def memory_format(name: str, device: torch.device) -> torch.memory_format:
+    """``auto``: channels-last on CUDA, where cuDNN's bf16 and fp16 convolutions run in that
+    layout (NCHW costs a transpose around each), contiguous elsewhere."""
+    if name == "channels_last" or (name == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def scaled_learning_rates(cfg: Config, world_size: int) -> tuple[float, float, float]:
@@ -98,12 +110,13 @@ class Trainer:
     ``resume``: a checkpoint written by an earlier run (``last.pth``); training continues
     exactly where it stopped. A new run refuses a folder that holds another run's files
     unless ``overwrite`` (then they are deleted first); see ``prcl.engine.run_folder``. Under
-    torchrun, each process builds its own Trainer.
+    torchrun, each process builds its own Trainer. ``data``: datasets built elsewhere (a
+    benchmark's) instead of those ``cfg.data`` names.
     """
 
     def __init__(self, cfg: Config, resume: str | Path | dict[str, Any] | None = None,
                  runtime: distributed.Runtime | None = None, progress: bool = True,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, data: DataBundle | None = None) -> None:
         state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
         self.cfg = cfg
         self.rt = runtime or distributed.setup_runtime(cfg.train.device)
@@ -111,13 +124,14 @@ class Trainer:
         self.run_dir = Path(cfg.train.out_dir)
         self.progress = progress and self.rt.is_main
         self.overwrite = overwrite
-        self.data = build_datasets(cfg.data)
+        self.data = build_datasets(cfg.data) if data is None else data
         self.num_classes = self.data.num_classes
         self.semi = cfg.train.method == "prcl"
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
         self.warmup_steps = cfg.train.labelled_warmup_epochs * cfg.train.steps_per_epoch
 
-        self.student = model_from_config(cfg.model, self.num_classes).to(self.rt.device)
+        self.student = model_from_config(cfg.model, self.num_classes).to(
+            self.rt.device, memory_format=memory_format(cfg.train.memory_format, self.rt.device))
         if self.semi:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         else:  # the baseline has no teacher: it is evaluated and saved as the student
@@ -135,6 +149,15 @@ class Trainer:
                 self.student, device_ids=[self.rt.device] if on_gpu else None,
                 find_unused_parameters=self.semi and self.warmup_steps > 0,
             )
+        self.teacher_network = self.teacher
+        if cfg.train.compile:
+            self.network = torch.compile(self.network)
+            self.teacher_network = torch.compile(self.teacher) if self.semi else self.network
+        # compiled graphs update the counters inside themselves; DDP reads every buffer as a
+        # tensor in each forward pass (it broadcasts them), so the counters stay tensors
+        eager = not (cfg.train.compile or self.rt.distributed)
+        self.batchnorm_counts = (BatchNormCounts(self.student, self.teacher) if eager
+                                 else BatchNormCounts())
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
         groups = self.student.parameter_groups()
@@ -146,6 +169,7 @@ class Trainer:
                                       cfg.optim.poly_power, cfg.optim.min_lr)
         self.amp = amp_dtype(cfg.train.amp, self.rt.device)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
+        self._one = torch.ones((), device=self.rt.device)
 
         self.prcl_loss = prcl_loss_from_config(
             cfg.loss, distributed.all_reduce_sum if self.rt.distributed else None
@@ -155,19 +179,30 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.last_miou = float("nan")
-        self.skipped_steps = 0
-        self.nonfinite_streak = 0
+        self.skips = SkipCounters(self.rt.device)
         self.log = RunLog(self.run_dir, enabled=False)
         if state is not None:
             self._load_state(state)
 
     # ----------------------------------------------------------------- set-up helpers
     def _sgd(self, params: list[nn.Parameter], lr: float) -> torch.optim.SGD:
-        """SGD with foreach kernels on every device: a few launches per step instead of a few
-        per parameter (the same numbers as the per-parameter loop)."""
+        """The fused SGD (one kernel per device and dtype for the whole update; the CPU, CUDA
+        and MPS have it): it honours the guard's ``found_inf`` on the device. Momentum
+        buffers start at zero (``zero_momentum_buffers``)."""
         o = self.cfg.optim
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay, foreach=True)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
+                                    weight_decay=o.weight_decay, fused=True)
+        zero_momentum_buffers(optimizer)
+        return optimizer
+
+    @staticmethod
+    def _keep_fused(optimizer: torch.optim.SGD) -> None:
+        """After ``load_state_dict``, which takes every group setting from the checkpoint:
+        the fused step again (a checkpoint from before it holds ``foreach=True``), and zero
+        momentum buffers where the checkpoint had none."""
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, None
+        zero_momentum_buffers(optimizer)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp is None:
@@ -208,67 +243,88 @@ class Trainer:
         return ramp_down(epoch, r.max_value, r.min_value, r.ramp_mult, r.max_epoch)
 
     def train_step(self, images_l: torch.Tensor, labels_l: torch.Tensor,
-                   images_u: torch.Tensor | None) -> StepLosses | None:
-        """One optimiser step; returns the losses, or None when the step was skipped because
-        the loss or the gradients were not finite."""
+                   images_u: torch.Tensor | None) -> StepLosses:
+        """One optimiser step; returns the losses (device tensors, read only when logged).
+
+        No host read: when the loss or the gradients are not finite the non-finite guard
+        (``prcl.engine.guard``) skips the update on the device, leaving the student, its
+        momentum and the teacher exactly as they were, and counts the step in ``skips``; the
+        run stops with ``TrainingDiverged`` at the next check (``_check_skips``: every
+        logging step, evaluation, save and the end) once ``train.max_nonfinite_steps``
+        consecutive steps were skipped."""
         self.network.train()
         self.teacher.train()
-        if self.semi and images_u is not None:
-            partners = None
-            if self.rt.distributed and self.cfg.data.mix_across_ranks:
-                partners = distributed.gathered_partners
-            losses = prcl_step_losses(
-                self.network, self.teacher, images_l, labels_l, images_u, self.cfg,
-                self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
-            )
-        else:
-            losses = supervised_step_losses(self.network, images_l, labels_l, self._autocast())
-
+        with self.batchnorm_counts.deferred():
+            losses = self._losses(images_l, labels_l, images_u)
         self.optimizer.zero_grad(set_to_none=True)
         self.head_optimizer.zero_grad(set_to_none=True)
-        if not self._loss_usable(losses.total):
-            return self._skip()
-        self.scaler.scale(losses.total).backward()
-        if not self.scaler.is_enabled() and not self._gradients_finite():
-            return self._skip()
-        self.scaler.step(self.optimizer)
-        self.scaler.step(self.head_optimizer)
-        self.scaler.update()
+        skip = loss_skip_flag(losses.total, self._reduce_max if self.rt.distributed else None)
+        self._optimise(losses.total, skip)
         self.scheduler.step()
         self.head_scheduler.step()
         if self.semi:
             ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha,
-                       buffers=("",) if images_u is None else TEACHER_UNRUN)
+                       buffers=("",) if images_u is None else TEACHER_UNRUN, skip=skip)
+        self.skips.update(skip)
         self.step += 1
-        self.nonfinite_streak = 0
         return losses
 
-    def _loss_usable(self, loss: torch.Tensor) -> bool:
-        """Finite and below ``MAX_LOSS`` on every rank."""
-        usable = (torch.isfinite(loss.detach()) & (loss.detach().abs() < MAX_LOSS)).float()
-        if self.rt.distributed:
-            torch.distributed.all_reduce(usable, op=torch.distributed.ReduceOp.MIN)
-        return bool(usable.item())
+    def _losses(self, images_l: torch.Tensor, labels_l: torch.Tensor,
+                images_u: torch.Tensor | None) -> StepLosses:
+        """The step's forward passes and losses: PRCL's, or the labelled-only baseline's
+        (also PRCL's labelled warm-up, when ``images_u`` is None)."""
+        if not self.semi or images_u is None:
+            return supervised_step_losses(self.network, images_l, labels_l, self._autocast())
+        partners = None
+        if self.rt.distributed and self.cfg.data.mix_across_ranks:
+            partners = distributed.gathered_partners
+        return prcl_step_losses(
+            self.network, self.teacher_network, images_l, labels_l, images_u, self.cfg,
+            self.prcl_loss, self.lambda_c(), self.generator, self._autocast(), partners,
+        )
 
-    def _gradients_finite(self) -> bool:
-        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), float("inf"))
-        return bool(torch.isfinite(norm).item())
+    def _optimise(self, total: torch.Tensor, skip: torch.Tensor) -> None:
+        """Backward and both optimisers' steps, none of it applied when ``skip`` (``[]``, 1.0
+        for an unusable loss) is set or the gradients are not finite (then ``skip`` is set
+        here). With fp16 the ``GradScaler`` decides on the gradients, as always with fp16
+        (its skips are not counted): an unusable loss is made NaN so that it skips too."""
+        optimizers = [self.optimizer, self.head_optimizer]
+        if self.scaler.is_enabled():
+            self.scaler.scale(torch.where(skip > 0, torch.nan, total)).backward()
+            for optimizer in optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+            return
+        total.backward()
+        grads = [p.grad for optimizer in optimizers for group in optimizer.param_groups
+                 for p in group["params"] if p.grad is not None]
+        flag_nonfinite_gradients_(grads, skip, self._one)
+        with found_inf(optimizers, skip):
+            for optimizer in optimizers:
+                optimizer.step()
 
-    def _skip(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.head_optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self.nonfinite_streak += 1
-        self.step += 1
-        self.scheduler.step()
-        self.head_scheduler.step()
-        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+    @staticmethod
+    def _reduce_max(flag: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped by the non-finite guard in the whole run (a host read)."""
+        return self.skips.read().skipped
+
+    def _check_skips(self) -> SkipCounts:
+        """Stop with ``TrainingDiverged`` when ``train.max_nonfinite_steps`` consecutive steps
+        were skipped since the last check (one host read); else return the counts."""
+        counts = self.skips.read()
+        self.skips.restart_worst()
+        if counts.worst_streak >= self.cfg.train.max_nonfinite_steps:
             raise TrainingDiverged(
-                f"stopped at step {self.step}: {self.nonfinite_streak} consecutive steps had a "
+                f"stopped at step {self.step}: {counts.worst_streak} consecutive steps had a "
                 f"non-finite or exploding (above {MAX_LOSS:g}) loss or gradient. "
                 f"{self._rates_advice()}"
             )
-        return None
+        return counts
 
     # ----------------------------------------------------------------- the loop
     def fit(self, max_steps: int | None = None) -> TrainResult:
@@ -300,7 +356,7 @@ class Trainer:
                         losses = self.train_step(*batch)
                         bar.update(1)
                         log_now = self.step % cfg.train.log_every == 0 or self.step == stop
-                        if losses is not None and log_now:
+                        if log_now:
                             rate = (self.step - started_step) / (time.perf_counter() - started)
                             self._log_step(losses, rate, bar)
                         if self.step % eval_period == 0 or self.step == self.total_steps:
@@ -312,6 +368,7 @@ class Trainer:
             finally:
                 bar.close()
                 self.log.close()
+        self._check_skips()
         if self.step == stop and self.step % eval_period and self.step != self.total_steps:
             self._sync_buffers()
             self.save("last.pth")
@@ -352,6 +409,7 @@ class Trainer:
     def evaluate_and_save(self) -> Scores:
         """Evaluate the teacher (the student for the supervised baseline) in eval mode on the
         whole validation set; write ``last.pth`` and, when the mIoU improved, ``best.pth``."""
+        self._check_skips()
         self._sync_buffers()
         scores = evaluate(self.teacher, self.data.val, self.num_classes, self.cfg.eval,
                           self.rt.device, num_workers=min(self.cfg.data.num_workers, 2))
@@ -381,11 +439,12 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to resume; on every rank (it gathers each rank's generator)."""
+        skips = self.skips.read()
         training = {
             "step": self.step,
             "best_miou": self.best_miou,
-            "skipped_steps": self.skipped_steps,
-            "nonfinite_streak": self.nonfinite_streak,
+            "skipped_steps": skips.skipped,
+            "nonfinite_streak": skips.streak,
             "optimizer": self.optimizer.state_dict(),
             "head_optimizer": self.head_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -402,8 +461,9 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         """Write a checkpoint atomically (call on every rank: rank 0 writes). Weights that are
-        not finite are never written: the run stops instead, and the checkpoints already on
-        disk stay the last good ones."""
+        not finite are never written, nor weights after too many skipped steps: the run stops
+        instead, and the checkpoints already on disk stay the last good ones."""
+        self._check_skips()
         ckpt = self.checkpoint()
         broken = [k for which in ("student", "teacher") for k, v in ckpt[which].items()
                   if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -435,8 +495,10 @@ class Trainer:
                             f"resume with the same number (now {self.rt.world_size})")
         self.student.load_state_dict(ckpt["student"])
         self.teacher.load_state_dict(ckpt["teacher"])
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.head_optimizer.load_state_dict(training["head_optimizer"])
+        for optimizer, saved in ((self.optimizer, training["optimizer"]),
+                                 (self.head_optimizer, training["head_optimizer"])):
+            optimizer.load_state_dict(saved)
+            self._keep_fused(optimizer)
         self.scheduler.load_state_dict(training["scheduler"])
         self.head_scheduler.load_state_dict(training["head_scheduler"])
         self.scaler.load_state_dict(training["scaler"])
@@ -446,8 +508,8 @@ class Trainer:
         torch.set_rng_state(training["torch_rng"])
         self.step = training["step"]
         self.best_miou = training["best_miou"]
-        self.skipped_steps = training["skipped_steps"]
-        self.nonfinite_streak = training["nonfinite_streak"]
+        self.skips = SkipCounters(self.rt.device, training["skipped_steps"],
+                                  training["nonfinite_streak"])
 
     # ----------------------------------------------------------------- logging
     def _log_start(self) -> None:
@@ -464,12 +526,17 @@ class Trainer:
                                   "step": self.step}, message=message)
 
     def _log_step(self, losses: StepLosses, rate: float, bar: tqdm) -> None:
-        if not self.rt.is_main:
+        """Check the skipped steps (``_check_skips``), then log the step's losses unless the
+        guard skipped it: the host reads of a step happen here, one transfer for the losses."""
+        skips = self._check_skips()
+        if not self.rt.is_main or skips.streak:
             return
-        values = {name: value.item() for name, value in losses._asdict().items()}
+        names = StepLosses._fields
+        values = dict(zip(names, torch.stack([v.detach().float() for v in losses]).tolist(),
+                          strict=True))
         values.update(lambda_c=self.lambda_c(), lr=self.scheduler.get_last_lr()[0],
                       lr_probability_head=self.head_scheduler.get_last_lr()[0],
-                      skipped_steps=self.skipped_steps, it_per_s=rate)
+                      skipped_steps=skips.skipped, it_per_s=rate)
         if self.prcl_loss.global_prototypes is not None:
             values.update(self.prcl_loss.global_prototypes.summary())
         bar.set_postfix(loss=f"{values['total']:.3f}", sup=f"{values['supervised']:.3f}",

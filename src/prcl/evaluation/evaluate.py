@@ -3,6 +3,9 @@ matrix, mIoU. With several processes each evaluates a shard and the matrices are
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -24,6 +27,20 @@ def predict(model: DeepLabV3Plus | Segment, images: torch.Tensor, cfg: EvalConfi
     return predict_whole(model, images, cfg.flip, uncertainty)
 
 
+@contextlib.contextmanager
+def tuned_for(mode: str) -> Iterator[None]:
+    """cuDNN's autotuning (``torch.backends.cudnn.benchmark``, on for training) off while
+    whole images are predicted: it times every algorithm for each new input shape, and the
+    validation images come in hundreds of sizes (VOC's 1,449 images), so tuning would cost
+    more than the images. Sliding windows all have one size and keep it."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = saved and mode == "sliding"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 @torch.no_grad()
 def evaluate(
     model: DeepLabV3Plus,
@@ -42,9 +59,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(num_classes, device)
-    for image, label in loader:
-        probs = predict(model, image.to(device), cfg).probs
-        confusion.update(probs.argmax(1), label.to(device))
+    with tuned_for(cfg.mode):
+        for image, label in loader:
+            probs = predict(model, image.to(device), cfg).probs
+            confusion.update(probs.argmax(1), label.to(device))
     if world > 1:
         dist.all_reduce(confusion.matrix)
     model.train(was_training)

@@ -1,0 +1,240 @@
+"""What a training step costs a GPU, measured on the CPU: host reads of tensor values (each
+one a wait for the GPU) and dispatched operators (each one at least a kernel launch), and
+the non-finite guard that decides on the device."""
+
+import traceback
+
+import pytest
+import torch
+from test_train import tiny
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from prcl.engine import Trainer, TrainingDiverged
+from prcl.engine import trainer as trainer_module
+from prcl.engine.ema import ema_update
+from prcl.engine.trainer import memory_format
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+ISSUE_OPERATORS = 2631
+"""Operators one PRCL step of the tiny config dispatched when issue 17 was filed."""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts every operator dispatched below autograd, and the host reads among them."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads.append("".join(traceback.format_stack(limit=6)[:-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def ready_trainer(cache, out, *extra):
+    """A trainer two steps in (first-step set-up done) and the next batch."""
+    trainer = Trainer(tiny(cache, out, "train.log_every=100", *extra), progress=False)
+    labelled, unlabelled = trainer._loaders()
+    for _ in range(2):
+        trainer.train_step(*trainer._next_batch(labelled, unlabelled))
+    return trainer, trainer._next_batch(labelled, unlabelled)
+
+
+def test_a_step_that_does_not_log_reads_no_tensor_value_on_the_host(cache, tmp_path,
+                                                                   monkeypatch):
+    trainer, batch = ready_trainer(cache, tmp_path)
+    reads = []
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            reads.append(f"Tensor.{_name}\n" + "".join(traceback.format_stack(limit=6)[:-1]))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    with OperatorCount() as counted:
+        trainer.train_step(*batch)
+    monkeypatch.undo()
+    everywhere = reads + counted.reads
+    assert not everywhere, f"{len(everywhere)} host reads:\n" + "\n".join(everywhere)
+
+
+def test_a_prcl_step_dispatches_at_most_sixty_percent_of_the_operators_it_did(cache,
+                                                                            tmp_path):
+    trainer, batch = ready_trainer(cache, tmp_path)
+    with OperatorCount() as counted:
+        trainer.train_step(*batch)
+    assert counted.count <= 0.6 * ISSUE_OPERATORS, counted.count
+
+
+def snapshot(trainer):
+    momentum = [s["momentum_buffer"].clone() for o in (trainer.optimizer, trainer.head_optimizer)
+                for s in o.state.values()]
+    return ({k: v.clone() for k, v in trainer.student.state_dict().items()},
+            {k: v.clone() for k, v in trainer.teacher.state_dict().items()}, momentum)
+
+
+def unchanged(before, after, skip_buffers=True):
+    """Parameters, the teacher and the momentum exactly the same (BatchNorm statistics move
+    in every forward pass, skipped or not)."""
+    student, teacher, momentum = before
+    student_now, teacher_now, momentum_now = after
+    keep = [k for k in student if not ((skip_buffers and "running" in k) or "num_batches" in k)]
+    return (all(torch.equal(student[k], student_now[k]) for k in keep)
+            and all(torch.equal(teacher[k], teacher_now[k]) for k in keep)
+            and all(torch.equal(a, b) for a, b in zip(momentum, momentum_now, strict=True)))
+
+
+class NanGradient(torch.autograd.Function):
+    """The identity, whose gradient is NaN: a finite loss with a non-finite gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("poison", ["nan-loss", "huge-loss", "nan-gradient"])
+def test_a_skipped_step_changes_no_weight_momentum_or_teacher(cache, tmp_path, monkeypatch,
+                                                              poison):
+    trainer, batch = ready_trainer(cache, tmp_path)
+    real = trainer_module.prcl_step_losses
+
+    def poisoned(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        if poison == "nan-loss":
+            return losses._replace(total=losses.total * float("nan"))
+        if poison == "huge-loss":
+            return losses._replace(total=losses.total + 2e4)
+        weight = trainer.student.classifier[-1].weight  # only its gradient turns NaN
+        return losses._replace(total=losses.total + NanGradient.apply(weight).sum() * 0)
+
+    before = snapshot(trainer)
+    monkeypatch.setattr(trainer_module, "prcl_step_losses", poisoned)
+    trainer.train_step(*batch)
+    assert unchanged(before, snapshot(trainer))
+    assert trainer.skips.read() == (1, 1, 1) and trainer.step == 3
+    monkeypatch.undo()
+    trainer.train_step(*batch)  # a good step moves everything again and ends the streak
+    assert not unchanged(before, snapshot(trainer))
+    assert trainer.skips.read() == (1, 0, 1)
+
+
+def test_a_skipped_first_step_leaves_the_momentum_at_zero(cache, tmp_path, monkeypatch):
+    trainer = Trainer(tiny(cache, tmp_path), progress=False)
+    labelled, unlabelled = trainer._loaders()
+    batch = trainer._next_batch(labelled, unlabelled)
+    real = trainer_module.prcl_step_losses
+    monkeypatch.setattr(trainer_module, "prcl_step_losses", lambda *a, **k: real(*a, **k)._replace(
+        total=real(*a, **k).total * float("inf")))
+    trainer.train_step(*batch)
+    buffers = [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
+    assert buffers and all(torch.equal(b, torch.zeros_like(b)) for b in buffers)
+    monkeypatch.undo()
+    p = trainer.student.classifier[-1].weight
+    start = p.detach().clone()
+    trainer.train_step(*batch)  # the first good step starts the momentum at the gradient
+    expected = p.grad + trainer.cfg.optim.weight_decay * start
+    assert torch.allclose(trainer.optimizer.state[p]["momentum_buffer"], expected,
+                          rtol=1e-6, atol=1e-9)
+
+
+def test_a_divergence_between_logging_steps_stops_the_run_at_the_next(cache, tmp_path,
+                                                                     monkeypatch):
+    """Two skipped steps (the limit) then good ones: seen at the next check, nothing saved."""
+    cfg = tiny(cache, tmp_path, "train.max_nonfinite_steps=2", "train.epochs=4",
+               "train.log_every=4", "train.eval_every=2")
+    trainer = Trainer(cfg, progress=False)
+    real = trainer_module.prcl_step_losses
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        calls.append(trainer.step)
+        return losses._replace(total=losses.total * (float("nan") if len(calls) in (2, 3)
+                                                     else 1.0))
+
+    monkeypatch.setattr(trainer_module, "prcl_step_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="stopped at step 4: 2 consecutive steps"):
+        trainer.fit()
+    assert calls == [0, 1, 2, 3] and trainer.skipped_steps == 2
+    assert not (tmp_path / "last.pth").exists()
+
+
+def test_the_gated_ema_is_the_plain_ema_or_nothing():
+    torch.manual_seed(0)
+    teacher, student = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    plain = [t.detach().lerp(s.detach(), 0.25)
+             for t, s in zip(teacher.parameters(), student.parameters(), strict=True)]
+    before = [t.detach().clone() for t in teacher.parameters()]
+    ema_update(teacher, student, step=3, alpha=0.99, skip=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), before, strict=True))
+    ema_update(teacher, student, step=3, alpha=0.99, skip=torch.tensor(0.0))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), plain, strict=True))
+
+
+def test_operator_count_sees_host_reads():
+    """The counter itself: an ``item`` is seen as a host read."""
+    with OperatorCount() as counted:
+        torch.ones(2).sum().item()
+    assert len(counted.reads) == 1 and counted.count == 3
+
+
+def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path):
+    trainer, batch = ready_trainer(cache, tmp_path)
+
+    def counters():
+        return {(name, k): int(v) for name in ("student", "teacher")
+                for k, v in getattr(trainer, name).state_dict().items()
+                if k.endswith("num_batches_tracked")}
+
+    before = counters()
+    trainer.train_step(*batch)
+    after = counters()
+    steps = {key: after[key] - before[key] for key in before}
+    never_run = ("representation", "probability_head")  # the teacher's unused heads
+    for (name, key), step in steps.items():
+        if name == "student":
+            assert step == 2, key  # the labelled and the unlabelled pass
+        else:
+            assert step == (0 if key.startswith(never_run) else 1), key
+
+
+def test_channels_last_is_the_cuda_default_and_keeps_the_cpu_step(cache, tmp_path):
+    assert memory_format("auto", torch.device("cuda")) == torch.channels_last
+    assert memory_format("auto", torch.device("cpu")) == torch.contiguous_format
+    totals = {}
+    for layout in ("contiguous", "channels_last"):
+        trainer = Trainer(tiny(cache, tmp_path / layout, f"train.memory_format={layout}"),
+                          progress=False)
+        conv = trainer.teacher.encoder.conv1.weight
+        assert conv.is_contiguous(memory_format=memory_format(layout, conv.device))
+        labelled, unlabelled = trainer._loaders()
+        totals[layout] = trainer.train_step(*trainer._next_batch(labelled, unlabelled)).total
+    torch.testing.assert_close(totals["channels_last"], totals["contiguous"], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_a_checkpoint_of_the_foreach_optimiser_resumes_with_the_fused_one(cache, tmp_path):
+    trainer = Trainer(tiny(cache, tmp_path), progress=False)
+    trainer.fit(max_steps=2)
+    ckpt = trainer.checkpoint()
+    for key in ("optimizer", "head_optimizer"):
+        for group in ckpt["training"][key]["param_groups"]:
+            group["fused"], group["foreach"] = False, True  # as the trainer saved them before
+    resumed = Trainer(tiny(cache, tmp_path), resume=ckpt, progress=False)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    resumed.fit(max_steps=3)
+    assert resumed.step == 3 and resumed.skipped_steps == 0
