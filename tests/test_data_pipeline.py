@@ -306,6 +306,15 @@ def test_photometric_is_the_same_in_chunks_and_whole(monkeypatch):
     assert (whole - images).abs().amax((1, 2, 3)).gt(0).sum() >= 4  # the steps did run
 
 
+def test_devices_without_embedding_bag_get_the_same_batch(monkeypatch):
+    batch = drawn_batch(b=5)
+    fused = full_pipeline(batch, 7)
+    monkeypatch.setattr(unlabelled, "EMBEDDING_BAG_DEVICES", ())
+    gathered = full_pipeline(batch, 7)
+    torch.testing.assert_close(gathered[0], fused[0], rtol=0, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(gathered[1:], fused[1:], strict=True))
+
+
 def test_normalize_uses_imagenet_statistics_on_both_shapes():
     x = torch.rand(2, 3, 5, 5)
     expected = (x[0, 1] - 0.456) / 0.224

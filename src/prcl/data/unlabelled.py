@@ -126,6 +126,19 @@ def _resample_weights(positions: Tensor, scaled: Tensor, size: int,
     return first.long(), weights / weights.sum(-1, keepdim=True)
 
 
+EMBEDDING_BAG_DEVICES = ("cpu", "cuda")
+"""Devices where ``F.embedding_bag`` takes ``per_sample_weights`` (MPS has no embedding_bag)."""
+
+
+def weighted_rows(index: Tensor, table: Tensor, weights: Tensor) -> Tensor:
+    """out[r] = sum_t weights[r, t] * table[index[r, t]]; index, weights [R, k], table [N, L]
+    -> [R, L]. ``F.embedding_bag`` does it as one fused gather and weighted sum; elsewhere the
+    same sum runs over an explicit [R, k, L] gather."""
+    if table.device.type in EMBEDDING_BAG_DEVICES:
+        return F.embedding_bag(index, table, mode="sum", per_sample_weights=weights)
+    return torch.einsum("rk,rkl->rl", weights, table[index])
+
+
 def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
     """Resample x [B, C, N, L] along dim 2 -> [B, C, n, L]: output row r of image i is
     sum_t weights[i, r, t] * x[i, :, first[i, r] + t] (first [B, n], weights [B, n, taps]).
@@ -139,9 +152,7 @@ def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
     steps = torch.arange(taps, device=x.device)
     index = (row0 + first[:, None, :, None] + steps).view(-1, taps)
     per_row = weights.to(x.dtype)[:, None].expand(b, c, n, taps).reshape(-1, taps)
-    out = F.embedding_bag(index, x.reshape(b * c * n_in, length), mode="sum",
-                          per_sample_weights=per_row)
-    return out.view(b, c, n, length)
+    return weighted_rows(index, x.reshape(b * c * n_in, length), per_row).view(b, c, n, length)
 
 
 def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor],
@@ -555,9 +566,7 @@ def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) ->
     m, k = kernels.shape
     row_index = (chosen[:, None, None] * n + taps).view(-1, k)
     weights = kernels.to(planes.dtype)[:, None, :].expand(m, n, k).reshape(-1, k)
-    out = F.embedding_bag(row_index, planes.reshape(-1, length), mode="sum",
-                          per_sample_weights=weights)
-    return out.view(m, n, length)
+    return weighted_rows(row_index, planes.reshape(-1, length), weights).view(m, n, length)
 
 
 def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
