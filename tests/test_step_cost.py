@@ -70,7 +70,7 @@ def test_a_step_that_does_not_log_reads_no_tensor_value_on_the_host(cache, tmp_p
 
 def test_a_prcl_step_dispatches_at_most_three_quarters_of_the_operators_it_did(cache,
                                                                              tmp_path):
-    """1,954 of 2,631 (74%) when written; the issue's 60% is not reached (README)."""
+    """1,949 of 2,631 (74%) when written; the issue's 60% is not reached (README)."""
     trainer, batch = ready_trainer(cache, tmp_path)
     with OperatorCount() as counted:
         trainer.train_step(*batch)

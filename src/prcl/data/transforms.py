@@ -8,13 +8,12 @@ the DataLoader seeds differently in every worker and epoch.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from prcl.data.unlabelled import photometric, random_scale_crop
+from prcl.data.unlabelled import device_constant, photometric, random_scale_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,18 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _stats(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
            std: Sequence[float] = IMAGENET_STD) -> tuple[Tensor, Tensor]:
-    """(mean, std) shaped to broadcast against [3, H, W] or [B, 3, H, W] ``images``."""
-    return _stats_on(images.device, images.dtype, images.dim(), tuple(mean), tuple(std))
-
-
-@functools.lru_cache(maxsize=32)
-def _stats_on(device: torch.device, dtype: torch.dtype, dim: int, mean: tuple[float, ...],
-              std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """Made once per device and dtype: a tensor built from Python numbers on a GPU is a copy
-    from the host that waits for the GPU, which every forward pass would otherwise pay."""
-    shape = (3, 1, 1) if dim == 3 else (1, 3, 1, 1)
-    return (torch.tensor(mean, device=device, dtype=dtype).view(shape),
-            torch.tensor(std, device=device, dtype=dtype).view(shape))
+    """(mean, std) shaped to broadcast against [3, H, W] or [B, 3, H, W] ``images``, made
+    once per device and dtype (``device_constant``)."""
+    shape = (3, 1, 1) if images.dim() == 3 else (1, 3, 1, 1)
+    return (device_constant(tuple(mean), images.device, images.dtype, shape),
+            device_constant(tuple(std), images.device, images.dtype, shape))
 
 
 def normalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN,

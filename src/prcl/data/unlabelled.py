@@ -14,6 +14,7 @@ confidence [B, H, W] float in [0, 1] (0 where ignored or padded).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -37,6 +38,15 @@ BLUR_SIGMA = (0.15, 1.15)
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA[1])
 """Gaussian kernels reach 3 sigma of the widest blur."""
 FLIP_P = 0.5
+
+
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype,
+                    shape: tuple[int, ...]) -> Tensor:
+    """values as a tensor of ``shape`` on device, made once per device, dtype and shape: a
+    tensor built from Python numbers on a GPU is a copy from the host that waits for the GPU,
+    which every step would otherwise pay. Shared between callers: never written into."""
+    return torch.tensor(values, device=device, dtype=dtype).view(shape)
 
 
 def _uniform(
@@ -439,8 +449,8 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     # Shifted, in [0, 6): hue is in [-1, 5], so + 6 keeps it positive before the modulo.
     hue = hue.add_((6.0 * shift + 6.0).view(-1, 1, 1, 1).to(images.dtype))
     hue = hue.sub_(hue.div(6.0).floor_().mul_(6.0))
-    centres = torch.tensor(_HUE_CENTRES, device=images.device, dtype=images.dtype)
-    ramp = hue.sub(centres.view(1, 3, 1, 1)).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    centres = device_constant(_HUE_CENTRES, images.device, images.dtype, (1, 3, 1, 1))
+    ramp = hue.sub(centres).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
     return torch.addcmul(low, ramp, chroma)
 
 
@@ -460,7 +470,7 @@ def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
     linear = (order >= BRIGHTNESS) & (order <= SATURATION)
     f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
     eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
-    luma = torch.tensor(_LUMA, device=factors.device, dtype=factors.dtype).expand(3, 3)
+    luma = device_constant(_LUMA, factors.device, factors.dtype, (1, 3)).expand(3, 3)
     to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
     to_mean_gray = torch.where((order == CONTRAST)[..., None, None], 1.0 - f, 0.0) * luma
     return f * eye + to_gray, to_mean_gray
@@ -553,7 +563,7 @@ def _reflected_taps(n: int, radius: int, device: torch.device) -> Tensor:
     reflected into [0, n) as reflection padding does (without repeating the edge)."""
     near = torch.arange(n, device=device)[:, None] + torch.arange(-radius, radius + 1,
                                                                   device=device)
-    return _reflect_index(near.abs(), torch.tensor(n, device=device))
+    return _reflect_index(near.abs(), torch.full((), n, device=device))
 
 
 def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) -> Tensor:
