@@ -2,9 +2,10 @@
 unlabelled images by default, the VOC config's loss and optimiser settings.
 
 The step timed is the trainer's own ``Trainer.train_step`` (teacher pseudo-labels, the
-unlabelled augmentation, both student passes, the losses, backward, the guarded fused SGD
+unlabelled augmentation, the student on both batches, the losses, backward, the guarded fused SGD
 steps, the EMA) on random images, with the run's settings: ``--amp`` (train.amp),
-``--compile`` (train.compile), ``--memory-format`` (train.memory_format). It prints ms per
+``--compile`` (train.compile), ``--memory-format`` (train.memory_format), ``--student-pass``
+(train.student_pass: the authors' two passes, or one joint pass). It prints ms per
 step, images per second (labelled + unlabelled), the peak memory (CUDA: the allocator's peak;
 CPU: the process's peak resident size) and, on CUDA, the share of the step during which the
 GPU ran kernels (kernel time from the profiler over wall time between CUDA events).
@@ -12,7 +13,7 @@ GPU ran kernels (kernel time from the profiler over wall time between CUDA event
 synchronised, so on a GPU the sum exceeds the step).
 
     .venv/bin/python benchmarks/step.py [--device auto] [--batch 2] [--amp auto] [--compile]
-        [--steps 5] [--encoder resnet101] [--size 321] [--phases]
+        [--student-pass separate] [--steps 5] [--encoder resnet101] [--size 321] [--phases]
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from prcl.config import load_config
-from prcl.data import VOC_CLASSES, DataBundle, mix, normalize, photometric, random_scale_crop
+from prcl.data import VOC_CLASSES, DataBundle, mix, photometric, random_scale_crop
 from prcl.engine import Trainer
 from prcl.engine.ema import ema_update
 from prcl.engine.step import (
     contrastive_labels,
     prcl_loss_from_config,
+    student_outputs,
     teacher_pseudo_labels,
     upsample,
 )
@@ -56,6 +58,7 @@ def bench_trainer(args: argparse.Namespace, out_dir: Path) -> Trainer:
         "model.pretrained=null", f"train.device={args.device}", f"train.amp={args.amp}",
         f"train.compile={str(args.compile).lower()}",
         f"train.memory_format={args.memory_format}", f"train.out_dir={out_dir}",
+        f"train.student_pass={args.student_pass}",
         "train.labelled_warmup_epochs=0",
     ])
     names = list(VOC_CLASSES)
@@ -126,7 +129,8 @@ def whole_step(args: argparse.Namespace) -> None:
         print(f"device {device} ({name}), torch {torch.__version__}, "
               f"{torch.get_num_threads()} CPU threads, {args.encoder}, {args.batch}+{args.batch} "
               f"images of {args.size}x{args.size}, amp {trainer.amp or 'none'}, "
-              f"compile {args.compile}, memory format {args.memory_format}; mean of "
+              f"compile {args.compile}, memory format {args.memory_format}, student pass "
+              f"{args.student_pass}; mean of "
               f"{args.steps} steps after {args.warmup} warm-up steps ({warmup_s:.1f} s)\n")
         print("| ms/step | images/s | peak memory | GPU busy |\n|---:|---:|---|---:|")
         print(f"| {seconds * 1e3:.1f} | {2 * args.batch / seconds:.1f} | {peak} | {busy} |")
@@ -172,22 +176,18 @@ def phases(args: argparse.Namespace) -> None:
             return photometric(images, generator), labels, confidence
 
         aug, aug_labels, aug_conf = timed("augmentation", augment)
-        out_l, out_u = timed("student forward",
-                             lambda aug=aug: (student(normalize(images_l)),
-                                              student(normalize(aug))))
+        outputs = timed("student forward", lambda aug=aug: student_outputs(
+            student, images_l, aug, args.student_pass))
 
-        def losses(out_l=out_l, out_u=out_u, aug_labels=aug_labels, aug_conf=aug_conf):
-            sup = F.cross_entropy(upsample(out_l.logits, (s, s)), labels_l, ignore_index=255)
-            unsup = pseudo_label_ce(upsample(out_u.logits, (s, s)), aug_labels, aug_conf)
-            logits = torch.cat([out_l.logits, out_u.logits])
+        def losses(outputs=outputs, aug_labels=aug_labels, aug_conf=aug_conf):
+            logits, mu, var = outputs
+            sup = F.cross_entropy(upsample(logits[:b], (s, s)), labels_l, ignore_index=255)
+            unsup = pseudo_label_ce(upsample(logits[b:], (s, s)), aug_labels, aug_conf)
             part = contrastive_labels(labels_l, aug_labels, aug_conf, 0.7, logits.shape[-2:])
-            contrastive = prcl_loss(torch.cat([out_l.mu, out_u.mu]),
-                                    torch.cat([out_l.var, out_u.var]), part,
-                                    logits.detach().softmax(1), generator)
+            contrastive = prcl_loss(mu, var, part, logits.detach().softmax(1), generator)
             return sup + unsup + contrastive
 
         total = timed("loss forward", losses)
-        outputs = [t for o in (out_l, out_u) for t in (o.logits, o.mu, o.var)]
         grads = timed("loss backward",
                       lambda total=total, outputs=outputs: torch.autograd.grad(
                           total, outputs, allow_unused=True))
@@ -204,7 +204,8 @@ def phases(args: argparse.Namespace) -> None:
         timed("optimiser + EMA", optimise)
 
     print(f"device {device}, {torch.get_num_threads()} threads, {args.encoder}, "
-          f"{b}+{b} images of {s}x{s}, {cfg.loss.num_queries} queries x "
+          f"{b}+{b} images of {s}x{s}, student pass {args.student_pass}, "
+          f"{cfg.loss.num_queries} queries x "
           f"{cfg.loss.num_negatives} negatives; mean of {args.steps} steps after a warm-up\n")
     print("| phase | seconds | share |\n|---|---:|---:|")
     means = {k: sum(v[1:]) / len(v[1:]) for k, v in times.items()}
@@ -222,6 +223,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="train.compile=true")
     parser.add_argument("--memory-format", default="auto",
                         choices=("auto", "channels_last", "contiguous"))
+    parser.add_argument("--student-pass", default="separate", choices=("separate", "joint"),
+                        help="train.student_pass")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--encoder", default="resnet101")

@@ -68,13 +68,35 @@ def test_a_step_that_does_not_log_reads_no_tensor_value_on_the_host(cache, tmp_p
     assert not everywhere, f"{len(everywhere)} host reads:\n" + "\n".join(everywhere)
 
 
-def test_a_prcl_step_dispatches_at_most_three_quarters_of_the_operators_it_did(cache,
-                                                                             tmp_path):
-    """1,949 of 2,631 (74%) when written; the issue's 60% is not reached (README)."""
-    trainer, batch = ready_trainer(cache, tmp_path)
+@pytest.mark.parametrize(("student_pass", "share"), [("joint", 0.60), ("separate", 0.75)])
+def test_a_prcl_step_dispatches_a_fraction_of_the_operators_it_did(cache, tmp_path,
+                                                                  student_pass, share):
+    """When written: joint 1,474 of 2,631 (56%), the issue's bar 60%; the authors' separate
+    passes 1,956 (74%): a second student pass and its backward cost ~480 operators."""
+    trainer, batch = ready_trainer(cache, tmp_path, f"train.student_pass={student_pass}")
     with OperatorCount() as counted:
         trainer.train_step(*batch)
-    assert counted.count <= 0.75 * ISSUE_OPERATORS, counted.count
+    assert counted.count <= share * ISSUE_OPERATORS, counted.count
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_joint_student_pass_differs_from_two_passes_only_by_batchnorm(cache, tmp_path, mode):
+    """With BatchNorm on its running statistics the joint pass computes the two passes'
+    losses; in training mode it normalises over both batches, so the losses move."""
+    trainer, (images_l, labels_l, images_u) = ready_trainer(cache, tmp_path)
+    trainer.student.train(mode == "train")
+    state = trainer.generator.get_state()
+    weights = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    losses = {}
+    for student_pass in ("separate", "joint"):
+        trainer.cfg.train.student_pass = student_pass
+        trainer.generator.set_state(state)
+        trainer.student.load_state_dict(weights)
+        losses[student_pass] = torch.stack(trainer._losses(images_l, labels_l, images_u))
+    if mode == "eval":
+        torch.testing.assert_close(losses["joint"], losses["separate"], rtol=1e-5, atol=1e-6)
+    else:
+        assert not torch.allclose(losses["joint"][1], losses["separate"][1], rtol=1e-3)
 
 
 def snapshot(trainer):
@@ -193,8 +215,10 @@ def test_operator_count_sees_host_reads():
     assert len(counted.reads) == 1 and counted.count == 3
 
 
-def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path):
-    trainer, batch = ready_trainer(cache, tmp_path)
+@pytest.mark.parametrize(("student_pass", "student_passes"), [("separate", 2), ("joint", 1)])
+def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path, student_pass,
+                                                             student_passes):
+    trainer, batch = ready_trainer(cache, tmp_path, f"train.student_pass={student_pass}")
 
     def counters():
         return {(name, k): int(v) for name in ("student", "teacher")
@@ -208,7 +232,7 @@ def test_batchnorm_counters_count_each_network_pass_of_a_step(cache, tmp_path):
     never_run = ("representation", "probability_head")  # the teacher's unused heads
     for (name, key), step in steps.items():
         if name == "student":
-            assert step == 2, key  # the labelled and the unlabelled pass
+            assert step == student_passes, key
         else:
             assert step == (0 if key.startswith(never_run) else 1), key
 

@@ -63,6 +63,23 @@ def contrastive_labels(
     return F.interpolate(both, size=size, mode="nearest").squeeze(1).long()
 
 
+def student_outputs(
+    student: nn.Module, images_l: Tensor, images_u: Tensor, student_pass: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """METHOD.md 7.2 step 6: the student on the labelled batch images_l [B_l, 3, H, W] and
+    the augmented unlabelled batch images_u [B_u, 3, H, W] -> logits, mu and var, each
+    [B_l + B_u, ., h, w], the labelled images first.
+
+    ``"separate"`` (the authors'): one pass per batch, so every BatchNorm normalises each
+    batch over itself. ``"joint"``: one pass over both batches, BatchNorm over both (U2PL,
+    UniMatch): the convolutions in half the kernel launches."""
+    if student_pass == "joint":
+        out = student(normalize(torch.cat([images_l, images_u])))
+        return out.logits, out.mu, out.var
+    out_l, out_u = student(normalize(images_l)), student(normalize(images_u))
+    return tuple(torch.cat([a, b]) for a, b in zip(out_l[:3], out_u[:3], strict=True))
+
+
 def prcl_loss_from_config(cfg: LossConfig, reduce_sum: ReduceSum | None = None) -> PRCLLoss:
     """The PRCL loss of sections 5-6 (and the section 8 options) that ``cfg`` describes."""
     return PRCLLoss(
@@ -103,25 +120,18 @@ def prcl_step_losses(
     images_u = photometric(images_u, generator)
 
     with autocast:
-        out_l = student(normalize(images_l))
-        out_u = student(normalize(images_u))
+        logits, mu, var = student_outputs(student, images_l, images_u, cfg.train.student_pass)
 
-    supervised = labelled_ce(out_l.logits, labels_l)
+    labelled = len(images_l)
+    supervised = labelled_ce(logits[:labelled], labels_l)
     unsupervised = pseudo_label_ce(
-        upsample(out_u.logits.float(), pseudo_labels.shape[-2:]), pseudo_labels, confidence,
-        cfg.loss.un_threshold, cfg.loss.unsupervised_weighting,
+        upsample(logits[labelled:].float(), pseudo_labels.shape[-2:]), pseudo_labels,
+        confidence, cfg.loss.un_threshold, cfg.loss.unsupervised_weighting,
     )
-    logits = torch.cat([out_l.logits, out_u.logits])
     taking_part = contrastive_labels(
         labels_l, pseudo_labels, confidence, cfg.loss.weak_threshold, logits.shape[-2:]
     )
-    contrastive = prcl_loss(
-        torch.cat([out_l.mu, out_u.mu]),
-        torch.cat([out_l.var, out_u.var]),
-        taking_part,
-        logits.detach().float().softmax(1),
-        generator,
-    )
+    contrastive = prcl_loss(mu, var, taking_part, logits.detach().float().softmax(1), generator)
     total = supervised + unsupervised + lambda_c * contrastive
     return StepLosses(total, supervised, unsupervised, contrastive)
 
