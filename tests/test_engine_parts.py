@@ -79,6 +79,20 @@ def test_poly_lr_decays_to_the_floor():
     assert lrs[10] == pytest.approx(1e-6) and lrs[11] == pytest.approx(1e-6)
 
 
+def test_poly_lr_warms_up_linearly_then_decays():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = poly_lr(opt, total_steps=10, power=1.0, min_lr=1e-6, lr_warmup_steps=4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.1 * min(1, (t + 1) / 4) * (1 - t / 10) for t in range(10)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] == pytest.approx(0.025) and lrs[3] == pytest.approx(0.07)
+
+
 def test_infinite_sampler_resumes_and_shards():
     full = InfiniteSampler(10, seed=3)
     first = [next(it) for it in [iter(full)] for _ in range(25)]

@@ -127,6 +127,8 @@ class OptimConfig:
     nesterov: bool = True
     poly_power: float = 0.9
     min_lr: float = 1e-6
+    lr_warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up before the poly decay (0: none, the authors')."""
     reference_batch_size: int = 16
     """Total labelled batch (all GPUs) that lr belongs to: the authors' 2 x 8 GPUs for VOC."""
     scale_lr: bool = True
@@ -395,6 +397,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "optim.momentum": (0, 1 - 1e-12, "in [0, 1)"),
     "optim.poly_power": (0, math.inf, "0 or more"),
     "optim.min_lr": (0, math.inf, "0 or more"),
+    "optim.lr_warmup_steps": (0, math.inf, "0 or more"),
     "optim.reference_batch_size": (1, math.inf, "at least 1"),
     "train.epochs": (1, math.inf, "at least 1"),
     "train.steps_per_epoch": (1, math.inf, "at least 1"),

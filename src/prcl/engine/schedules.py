@@ -17,14 +17,17 @@ def ramp_down(epoch: int, max_value: float, min_value: float, ramp_mult: float,
 
 
 def poly_lr(optimizer: Optimizer, total_steps: int, power: float = 0.9,
-            min_lr: float = 1e-6) -> LambdaLR:
-    """lr_t = max(lr_0 * (1 - t / total_steps)^power, min_lr) for each parameter group,
-    stepped once per optimiser step."""
+            min_lr: float = 1e-6, lr_warmup_steps: int = 0) -> LambdaLR:
+    """lr_t = max(lr_0 * w_t * (1 - t / total_steps)^power, min_lr) for each parameter group,
+    stepped once per optimiser step (METHOD.md 7.9). w_t = min(1, (t + 1) / lr_warmup_steps) is
+    a linear warm-up (1 throughout without one, the authors' schedule)."""
     base = [group["lr"] for group in optimizer.param_groups]
 
     def factor(base_lr: float):
         def f(step: int) -> float:
             decayed = (1.0 - min(step, total_steps) / total_steps) ** power
+            if lr_warmup_steps:
+                decayed *= min(1.0, (step + 1) / lr_warmup_steps)
             return max(decayed, min_lr / base_lr) if base_lr > 0 else 0.0
         return f
 

@@ -164,9 +164,10 @@ class Trainer:
         self.optimizer = self._sgd(groups["network"], lr)
         self.head_optimizer = self._sgd(groups["probability_head"], head_lr)
         self.scheduler = poly_lr(self.optimizer, self.total_steps, cfg.optim.poly_power,
-                                 cfg.optim.min_lr)
+                                 cfg.optim.min_lr, cfg.optim.lr_warmup_steps)
         self.head_scheduler = poly_lr(self.head_optimizer, self.total_steps,
-                                      cfg.optim.poly_power, cfg.optim.min_lr)
+                                      cfg.optim.poly_power, cfg.optim.min_lr,
+                                      cfg.optim.lr_warmup_steps)
         self.amp = amp_dtype(cfg.train.amp, self.rt.device)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == torch.float16)
         self._one = torch.ones((), device=self.rt.device)
