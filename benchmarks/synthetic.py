@@ -71,14 +71,13 @@ def main() -> None:
         variant = args.prcl_variant.split()
         load_config("synthetic", [*args.overrides, *variant])  # a bad key stops us here
         rows[f"prcl, {' '.join(variant)}"] = ("prcl", variant, "prcl-variant")
-    def labelled_warmup(extra: list[str]) -> int:
-        """The row's own labelled warm-up (a variant may set one), scaled like the epochs."""
-        row_cfg = load_config("synthetic", [*args.overrides, *extra])
-        return round(row_cfg.train.labelled_warmup_epochs * args.epochs_factor)
-
+    # each row's own labelled warm-up (a variant may set one), scaled like the epochs
+    row_warmup = {row: round(load_config("synthetic", [*args.overrides, *extra])
+                             .train.labelled_warmup_epochs * args.epochs_factor)
+                  for row, (_, extra, _) in rows.items()}
     runs = [(row, seed, [
         *args.overrides, *extra, f"train.epochs={epochs}", f"ramp.max_epoch={epochs}",
-        f"train.eval_every={epochs}", f"train.labelled_warmup_epochs={labelled_warmup(extra)}",
+        f"train.eval_every={epochs}", f"train.labelled_warmup_epochs={row_warmup[row]}",
         f"train.out_dir={args.out}/{folder}-seed{seed}",
     ]) for row, (method, extra, folder) in sorted(rows.items(), key=lambda r: r[1][0] != "prcl")
         for seed in args.seeds]  # the slower PRCL runs first
