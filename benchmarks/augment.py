@@ -23,7 +23,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-from prcl.data import IGNORE_INDEX, mix, photometric, random_scale_crop
+from prcl.data import IGNORE_INDEX, mix, photometric, random_scale_crop, strong_augment
 
 SCALE_RANGE = (0.5, 1.5)
 
@@ -39,11 +39,8 @@ def make_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]
 
 
 def batched_pipeline(images, labels, confidence, crop, generator):
-    """The library's pipeline: one call per step for the whole batch."""
-    batch = random_scale_crop(images, labels, confidence, crop, SCALE_RANGE, generator,
-                              hflip=True)
-    images, labels, confidence = mix(*batch, mode="classmix", generator=generator)
-    return photometric(images, generator), labels, confidence
+    """The library's pipeline as the trainer runs it: one call for the whole batch."""
+    return strong_augment(images, labels, confidence, crop, SCALE_RANGE, "classmix", generator)
 
 
 def _pil_geometry(image, label, conf, crop):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from prcl.config import load_config
-from prcl.data import VOC_CLASSES, DataBundle, mix, photometric, random_scale_crop
+from prcl.data import VOC_CLASSES, DataBundle, strong_augment
 from prcl.engine import Trainer
 from prcl.engine.ema import ema_update
 from prcl.engine.step import (
@@ -169,13 +169,9 @@ def phases(args: argparse.Namespace) -> None:
     for step in range(args.steps + 1):
         pseudo, conf = timed("teacher", lambda: teacher_pseudo_labels(teacher, images_u))
 
-        def augment(pseudo=pseudo, conf=conf):
-            batch = random_scale_crop(images_u, pseudo, conf, s, (0.5, 1.5), generator,
-                                      hflip=True)
-            images, labels, confidence = mix(*batch, "classmix", generator)
-            return photometric(images, generator), labels, confidence
-
-        aug, aug_labels, aug_conf = timed("augmentation", augment)
+        aug, aug_labels, aug_conf = timed("augmentation", lambda pseudo=pseudo, conf=conf:
+                                          strong_augment(images_u, pseudo, conf, s, (0.5, 1.5),
+                                                         "classmix", generator))
         outputs = timed("student forward", lambda aug=aug: student_outputs(
             student, images_l, aug, args.student_pass))
 

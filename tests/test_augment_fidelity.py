@@ -97,6 +97,17 @@ def test_hue_is_a_shift_in_hsv(image, shift):
         assert mad(ours, as_tensor(image)) > 5.0  # the shift does something
 
 
+def test_hue_equals_torchvision_to_rounding_within_a_third_of_a_turn():
+    """Random colours and gray images, every shift up to the 1/3 of a turn adjust_hue
+    takes (no modulo): torchvision's tensor adjust_hue to float rounding."""
+    x = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[:4] = x[:4, :1]
+    for shift in (-1 / 3, -0.25, -0.1, 0.0, 0.05, 0.25, 1 / 3):
+        ours = adjust_hue(x, torch.full((32,), shift))
+        reference = torch.stack([TF.adjust_hue(image, shift) for image in x])
+        assert (ours - reference).abs().max() < 1e-5, shift
+
+
 @pytest.mark.parametrize(("step", "reference"), [
     (BRIGHTNESS, TF.adjust_brightness), (CONTRAST, TF.adjust_contrast),
     (SATURATION, TF.adjust_saturation),

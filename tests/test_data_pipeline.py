@@ -16,6 +16,7 @@ from prcl.data import (
     normalize,
     photometric,
     random_scale_crop,
+    strong_augment,
     unlabelled,
 )
 from prcl.data.unlabelled import color_jitter, gaussian_blur
@@ -385,9 +386,94 @@ def test_scale_crop_and_mix_never_read_the_device(monkeypatch):
 
 def test_photometric_reads_nothing_but_the_nonzero_of_its_subsets(monkeypatch):
     """The hue and blur run on the images drawn for them, found with ``nonzero`` (a device
-    sync off the CPU; on the CPU computing every image instead costs more): that is all."""
+    sync off the CPU; on the CPU computing every image instead costs more): that is all off
+    the CPU. On the CPU each chunk's order of colour steps is read once as well, to skip the
+    identity work, which changes nothing but rounding."""
     images = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))
-    reads = record_reads(monkeypatch, photometric, images, torch.Generator().manual_seed(1))
     nonzero = str(torch.ops.aten.nonzero.default)
+    monkeypatch.setattr(unlabelled, "CPU_CHUNK_BYTES", images[0].numel() * 4)  # 1 per chunk
+    planned = photometric(images, torch.Generator().manual_seed(1))
+    reads = record_reads(monkeypatch, photometric, images, torch.Generator().manual_seed(1))
+    assert reads.count("tolist") == 8
+    monkeypatch.setattr(unlabelled, "PLANNED_DEVICES", ())
+    reads = record_reads(monkeypatch, photometric, images, torch.Generator().manual_seed(1))
     assert reads and set(reads) == {nonzero}
-    assert len(reads) <= 4 + 1  # one per jitter position and one for the blur, per chunk
+    assert len(reads) <= (4 + 1) * 8  # one per jitter position and one for the blur, per chunk
+    unplanned = photometric(images, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(planned, unplanned, rtol=0, atol=1e-5)
+    assert (planned - images).abs().amax((1, 2, 3)).gt(0.01).sum() >= 6  # the steps ran
+
+
+def three_steps(batch, mode, seed, partner=None):
+    g = torch.Generator().manual_seed(seed)
+    out = random_scale_crop(*batch, 40, (0.5, 1.5), generator=g, hflip=True)
+    images, labels, conf = mix(*out, mode, generator=g, partner=partner(*out) if partner else None)
+    return photometric(images, generator=g), labels, conf
+
+
+def noisy_batch(b=8):
+    images, labels, conf = drawn_batch(b=b, h=48, w=56)
+    noise = 0.3 * torch.rand(images.shape, generator=torch.Generator().manual_seed(5))
+    return (images * 0.7 + noise), labels, conf
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 3, 8])
+@pytest.mark.parametrize("mode", ["classmix", "cutmix", "cutout", "none"])
+def test_strong_augment_is_the_three_steps_in_one_call(monkeypatch, mode, images_per_chunk):
+    batch = noisy_batch()
+    monkeypatch.setattr(unlabelled, "CPU_CHUNK_BYTES", images_per_chunk * 3 * 40 * 40 * 4)
+    assert len(unlabelled._chunks(torch.empty(8, 3, 40, 40))) == -(-8 // images_per_chunk)
+    kept = [x.clone() for x in batch]
+    fused = strong_augment(*batch, 40, (0.5, 1.5), mode, torch.Generator().manual_seed(4))
+    apart = three_steps(batch, mode, 4)
+    assert all(torch.equal(a, b) for a, b in zip(fused, apart, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(batch, kept, strict=True))  # inputs untouched
+    if mode != "none":
+        assert (fused[1] == IGNORE_INDEX).any() or mode != "cutout"
+        assert not torch.equal(fused[1], random_scale_crop(
+            *batch, 40, (0.5, 1.5), torch.Generator().manual_seed(4), hflip=True)[1])
+
+
+def test_strong_augment_takes_partners_from_another_batch():
+    batch, others = noisy_batch(), noisy_batch()
+    others = (others[0].flip(0), others[1].flip(0), others[2].flip(0))
+
+    def partners(images, labels, conf):
+        return tuple(random_scale_crop(*others, 40, (1.0, 1.0), torch.Generator().manual_seed(9)))
+
+    fused = strong_augment(*batch, 40, (0.5, 1.5), "classmix", torch.Generator().manual_seed(2),
+                           partners)
+    apart = three_steps(batch, "classmix", 2, partners)
+    assert all(torch.equal(a, b) for a, b in zip(fused, apart, strict=True))
+
+
+class NewLargeTensors(TorchDispatchMode):
+    """Counts the tensors of at least ``numel`` elements that operators allocate (outputs
+    that alias no input: not views, not ``out=``)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        fresh = [r.alias_info is None for r in func._schema.returns]
+        for t, new in zip(out if isinstance(out, tuple) else (out,), fresh, strict=False):
+            self.count += int(new and isinstance(t, torch.Tensor) and t.numel() >= self.numel)
+        return out
+
+
+def test_strong_augment_makes_no_batch_sized_temporaries(monkeypatch):
+    """One image per chunk: the crop's three outputs and the mixing mask are the only
+    tensors the size of the batch's labels or larger; the three calls make nine."""
+    batch = drawn_batch(b=8, h=44, w=44)
+    monkeypatch.setattr(unlabelled, "CPU_CHUNK_BYTES", 3 * 40 * 40 * 4)
+    counts = []
+    for run in (lambda: strong_augment(*batch, 40, (0.9, 1.1), "classmix",
+                                       torch.Generator().manual_seed(0)),
+                lambda: three_steps(batch, "classmix", 0)):
+        mode = NewLargeTensors(8 * 40 * 40)
+        with mode:
+            run()
+        counts.append(mode.count)
+    assert counts == [4, 9]

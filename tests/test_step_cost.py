@@ -9,6 +9,7 @@ import torch
 from test_train import tiny
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from prcl.data import unlabelled
 from prcl.engine import Trainer, TrainingDiverged
 from prcl.engine import trainer as trainer_module
 from prcl.engine.ema import ema_update
@@ -51,7 +52,10 @@ def ready_trainer(cache, out, *extra):
 
 def test_a_step_that_does_not_log_reads_no_tensor_value_on_the_host(cache, tmp_path,
                                                                    monkeypatch):
+    """Off the CPU, that is: there the augmentation also reads each chunk's order of colour
+    steps (free on the CPU), which ``PLANNED_DEVICES`` limits to the CPU."""
     trainer, batch = ready_trainer(cache, tmp_path)
+    monkeypatch.setattr(unlabelled, "PLANNED_DEVICES", ())
     reads = []
     for name in HOST_READS:
         real = getattr(torch.Tensor, name)

@@ -11,7 +11,13 @@ from prcl.data.samples import ImageDataset, LabelledDataset, Sample, load_pair
 from prcl.data.splits import Split, generate_split, read_split, write_split
 from prcl.data.synthetic import ensure_synthetic
 from prcl.data.transforms import LabelledTransform, RandomCrop, denormalize, normalize
-from prcl.data.unlabelled import classmix_mask, mix, photometric, random_scale_crop
+from prcl.data.unlabelled import (
+    classmix_mask,
+    mix,
+    photometric,
+    random_scale_crop,
+    strong_augment,
+)
 from prcl.data.voc import VOC_CLASSES, palette
 
 __all__ = [
@@ -42,5 +48,6 @@ __all__ = [
     "read_mask",
     "read_split",
     "resolve",
+    "strong_augment",
     "write_split",
 ]

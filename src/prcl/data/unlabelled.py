@@ -5,7 +5,7 @@ Every function takes a batch and draws one set of random choices per image from 
 batch. No PIL and no per-image arithmetic: geometry is a separable resample with per-image
 filter weights built on the device (image: PIL's bilinear, antialiased when shrinking, as two
 ``embedding_bag`` row gathers; labels and confidence: one nearest-pixel gather), mixing is
-masks built by broadcasting, colour jitter is batched 3x3 colour matrices and an HSV hue
+masks built by broadcasting, colour jitter is batched per-image blends with gray and an HSV hue
 shift, blur is a separable Gaussian as the same kind of row gathers.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (255 = ignore);
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -354,6 +355,20 @@ def box_mask(
     )
 
 
+def mix_mask(labels: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor | None:
+    """mix's random choice for labels [B, H, W] (METHOD 7.4): [B, H, W] bool, True where
+    image i keeps its own pixel (classmix, cutmix) or where it is cut out (cutout); None for
+    none. The draws are those ``mix`` makes."""
+    if mode not in MIX_MODES:
+        raise ValueError(f"mix mode '{mode}': choose from {', '.join(MIX_MODES)}")
+    if mode == "none":
+        return None
+    if mode == "classmix":
+        return classmix_mask(labels, generator)
+    box = box_mask(*labels.shape, labels.device, generator)
+    return box if mode == "cutout" else ~box
+
+
 def mix(
     images: Tensor,
     labels: Tensor,
@@ -371,28 +386,33 @@ def mix(
     pixels. The partner of image i is image (i + 1) % B unless ``partner`` gives
     (images, labels, confidence) of the same shapes to paste from, row i for image i.
     """
-    if mode not in MIX_MODES:
-        raise ValueError(f"mix mode '{mode}': choose from {', '.join(MIX_MODES)}")
-    if mode == "none":
+    mask = mix_mask(labels, mode, generator)
+    if mask is None:
         return images, labels, confidence
-    b, _, h, w = images.shape
     if mode == "cutout":
-        cut = box_mask(b, h, w, images.device, generator)
-        return (
-            images.masked_fill(cut[:, None], 0.0),
-            labels.masked_fill(cut, IGNORE_INDEX),
-            confidence.masked_fill(cut, 0.0),
-        )
-    if mode == "classmix":
-        keep = classmix_mask(labels, generator)
-    else:
-        keep = ~box_mask(b, h, w, images.device, generator)
+        return _cut_out_(images.clone(), labels.clone(), confidence.clone(), mask)
     own = (images, labels, confidence)
-    weight = keep.to(images.dtype)  # converted once for both floating-point tensors
-    masks = (weight[:, None], keep, weight.to(confidence.dtype))
+    masks = _paste_masks(mask, images, confidence)
     if partner is not None:
         return tuple(_paste(k, x, p) for k, x, p in zip(masks, own, partner, strict=True))
     return tuple(_paste_from_next(k, x) for k, x in zip(masks, own, strict=True))
+
+
+def _cut_out_(images: Tensor, labels: Tensor, confidence: Tensor, cut: Tensor) -> Batch:
+    """Cutout (METHOD 7.4) written into its inputs: images 0, labels 255 and confidence 0
+    where cut [B, H, W]."""
+    images.masked_fill_(cut[:, None], 0.0)
+    labels.masked_fill_(cut, IGNORE_INDEX)
+    confidence.masked_fill_(cut, 0.0)
+    return images, labels, confidence
+
+
+def _paste_masks(keep: Tensor, images: Tensor, confidence: Tensor) -> Batch:
+    """keep [B, H, W] bool as the masks ``_paste`` takes for images, labels and confidence:
+    converted once to the floating-point dtype (lerp's weight), with a channel axis for the
+    images."""
+    weight = keep.to(images.dtype)
+    return weight[:, None], keep, weight.to(confidence.dtype)
 
 
 def _paste(keep: Tensor, own: Tensor, partner: Tensor, out: Tensor | None = None) -> Tensor:
@@ -420,20 +440,23 @@ _HUE_CENTRES = (0.0, 2.0, 4.0)
 """Where red, green and blue peak on the hexagon of hues, in sixths of a turn."""
 
 
-def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
+def adjust_hue(images: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     """Shift each image's hue by shift[i] of a turn in HSV, keeping saturation and value: what
     ``torchvision.transforms.functional.adjust_hue`` does to one image, batched.
 
     The hue is the position on the hexagon of the maximum (value) and minimum channels, in
     sixths of a turn: (g - b) / chroma where red is the maximum, 2 + (b - r) / chroma where
-    green is (and red is not), 4 + (r - g) / chroma otherwise. The shifted colour keeps the
-    maximum and the minimum; channel k sits between them by how far the new hue h is from
-    its centre c_k (0, 2, 4): min + chroma * clamp(||h - c_k| - 3| - 1, 0, 1), the maximum
-    within one sixth of c_k, the minimum from two sixths on (h in [0, 6)). Gray pixels
-    (chroma 0) stay as they are. Only plain arithmetic, no ``where``: which channel is the
-    maximum is ceil(max - channel), exactly 0 or 1 for values in [0, 1], and a CPU runs
-    these passes several times faster than selections or ``remainder``.
-    images [N, 3, H, W] in [0, 1], shift [N] -> [N, 3, H, W].
+    green is (and red is not), 4 + (r - g) / chroma otherwise, in [-1, 5]. The shifted
+    colour keeps the maximum and the minimum; channel k sits between them by how far the
+    new hue h is from its centre c_k (0, 2, 4) around the circle of 6: min + chroma *
+    clamp(||h - c_k| - 3| - 1, 0, 1), the maximum within one sixth of c_k, the minimum from
+    two sixths on. That triangle is right for |h - c_k| < 7, not only within one turn, so
+    for shifts within 1/3 of a turn either way (colour jitter's are within 1/4) h needs no
+    modulo. Gray pixels (chroma 0) stay as they are. Only plain arithmetic, no ``where``:
+    which channel is the maximum is ceil(max - channel), exactly 0 or 1 for values in
+    [0, 1], and a CPU runs these passes several times faster than selections.
+    images [N, 3, H, W] in [0, 1], shift [N] in [-1/3, 1/3] -> out [N, 3, H, W] when given
+    (it may be images' storage), else a new tensor.
     """
     high = images.amax(1, keepdim=True)
     low = images.amin(1, keepdim=True)
@@ -446,58 +469,107 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     blue_max = torch.sub(r, g).add_(chroma, alpha=4.0)
     hue = blue_max.sub_(green_max).mul_(green_not_max).add_(green_max)
     hue = hue.sub_(red_max).mul_(red_not_max).add_(red_max).div_(chroma.clamp(min=1e-30))
-    # Shifted, in [0, 6): hue is in [-1, 5], so + 6 keeps it positive before the modulo.
-    hue = hue.add_((6.0 * shift + 6.0).view(-1, 1, 1, 1).to(images.dtype))
-    hue = hue.sub_(hue.div(6.0).floor_().mul_(6.0))
+    # h - c_k with h shifted by at most 2 sixths either way: no modulo (see above).
     centres = device_constant(_HUE_CENTRES, images.device, images.dtype, (1, 3, 1, 1))
-    ramp = hue.sub(centres).abs_().sub_(3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
-    return torch.addcmul(low, ramp, chroma)
+    centres = centres - (6.0 * shift).view(-1, 1, 1, 1).to(images.dtype)  # [N, 3, 1, 1]
+    # min + chroma * clamp(t - 1, 0, 1) as (min - chroma) + chroma * clamp(t, 1, 2)
+    ramp = hue.sub(centres).abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
+    return torch.addcmul(low.sub_(chroma), ramp, chroma, out=out)
 
 
-def _linear_steps(order: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
+class LinearSteps(NamedTuple):
     """Each image's linear step at each of the four positions of its order, as torchvision's
-    brightness, contrast and saturation are, before their [0, 1] clamping: a colour matrix
-    M and a matrix C that turns the channel means of the image, as it is then, into the
-    offset the step adds: step(x) = M x + C mean(x).
+    brightness, contrast and saturation are before their [0, 1] clamping: the image scaled by
+    its factor f plus a gray the same in every channel, step(x) = scale * x + to_gray . x +
+    to_mean_gray . mean(x), where mean(x) is the channel means of the image as it is then.
 
-    At position p image i does op = order[i, p] with f = factors[i, op]: brightness scales
-    (M = f I); saturation blends each pixel with its gray (M = f I + (1 - f) 1 luma^T);
-    contrast scales and adds (1 - f) * mean gray (M = f I, C = (1 - f) 1 luma^T); HUE and
-    -1 are the identity here. C is zero but for contrast. Built once per batch (METHOD 7.5).
+    Brightness: scale f (a blend with black); saturation: scale f and to_gray = (1 - f) luma
+    (a blend with the pixel's gray); contrast: scale f and to_mean_gray = (1 - f) luma (a
+    blend with the image's mean gray); HUE and -1: the identity (scale 1). scale [B, 4],
+    to_gray and to_mean_gray [B, 4, 3] (METHOD 7.5)."""
 
-    order [B, 4] int64, factors [B, 3] -> (M [B, 4, 3, 3], C [B, 4, 3, 3]).
-    """
+    scale: Tensor
+    to_gray: Tensor
+    to_mean_gray: Tensor
+
+
+def _linear_steps(order: Tensor, factors: Tensor) -> LinearSteps:
+    """``LinearSteps`` of images taking the steps order [B, 4] (int64, -1 for none) with
+    their brightness, contrast and saturation factors [B, 3]. Built once per batch."""
     linear = (order >= BRIGHTNESS) & (order <= SATURATION)
-    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
-    eye = torch.eye(3, device=factors.device, dtype=factors.dtype)
-    luma = device_constant(_LUMA, factors.device, factors.dtype, (1, 3)).expand(3, 3)
-    to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
-    to_mean_gray = torch.where((order == CONTRAST)[..., None, None], 1.0 - f, 0.0) * luma
-    return f * eye + to_gray, to_mean_gray
+    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)
+    luma = device_constant(_LUMA, factors.device, factors.dtype, (1, 1, 3))
+    to_gray = torch.where(order == SATURATION, 1.0 - f, 0.0)[..., None] * luma
+    to_mean_gray = torch.where(order == CONTRAST, 1.0 - f, 0.0)[..., None] * luma
+    return LinearSteps(f, to_gray, to_mean_gray)
 
 
-def _jitter(images: Tensor, matrices: Tensor, mean_matrices: Tensor, hue_at: Tensor,
-            hue: Tensor, out: Tensor | None = None) -> Tensor:
+PLANNED_DEVICES = ("cpu",)
+"""Devices where ``_jitter`` reads each chunk's order of steps to leave out the work that
+would be the identity: free on the CPU, a wait for the device elsewhere."""
+_LINEAR = frozenset((BRIGHTNESS, CONTRAST, SATURATION))
+_ANY_STEP = frozenset((BRIGHTNESS, CONTRAST, SATURATION, HUE))
+
+
+def _jitter(images: Tensor, linear: LinearSteps, order: Tensor, hue: Tensor,
+            out: Tensor | None = None) -> Tensor:
     """The four positions of ``jitter_in_order`` on images [N, 3, H, W], with the steps of
-    ``_linear_steps`` (matrices, mean_matrices [N, 4, 3, 3]), hue_at [N, 4] bool (where each
-    image's hue shift comes) and hue [N].
+    ``_linear_steps`` (``LinearSteps`` of N images), order [N, 4] (which step each image
+    takes at each position) and hue [N].
 
-    At each position one batched product applies every image's linear step there (the
-    identity for the others: exact), plus its offset from the image's channel means, then
-    the [0, 1] clamp; ``adjust_hue`` runs on the images whose hue shift comes there. The
-    last product writes into out [N, 3, H, W] when given. Returns the jittered images."""
+    At each position one batched step applies every image's linear step there (the
+    identity for the others: exact) with ``_linear_step``, then ``adjust_hue`` runs on the
+    images whose hue shift comes there. On ``PLANNED_DEVICES`` a position none of whose
+    images takes a linear step skips it, and the step is only as general as the steps
+    there need. Writes into out [N, 3, H, W] when given (images' own storage allowed);
+    never into images otherwise. Returns the jittered images."""
     n, c, h, w = images.shape
     x = images.reshape(n, c, h * w)
-    for position in range(4):
-        offset = torch.bmm(mean_matrices[:, position], x.mean(-1, keepdim=True))  # [N, 3, 1]
-        target = out.view(n, c, h * w) if out is not None and position == 3 else None
-        x = torch.baddbmm(offset, matrices[:, position], x, out=target).clamp_(0.0, 1.0)
-        shifted = hue_at[:, position].nonzero().squeeze(1)
-        if shifted.numel():  # index_select/index_copy_: faster than x[shifted] = ...
-            shaped = x.view(n, c, h, w)
-            shaped.index_copy_(0, shifted, adjust_hue(shaped.index_select(0, shifted),
-                                                      hue[shifted]))
+    planned = order.tolist() if images.device.type in PLANNED_DEVICES else None
+    steps_at = [_ANY_STEP if planned is None else {row[p] for row in planned} for p in range(4)]
+    last = max((p for p, steps in enumerate(steps_at) if steps), default=-1)
+    target = None if out is None else out.view(n, c, h * w)
+    own = False  # whether x is _jitter's to write into (a tensor of its own, or out)
+    for position, steps in enumerate(steps_at):
+        # The last step writes into out, unless out is the storage that step reads.
+        writes_out = (target is not None and position == last
+                      and (own or target.data_ptr() != x.data_ptr()))
+        into = target if writes_out else None
+        if steps & _LINEAR:
+            x = _linear_step(x, LinearSteps(*(t[:, position] for t in linear)), steps, into)
+            own = True
+        if steps == {HUE}:  # every image shifts its hue here: no subset to pick
+            shifted_into = None if into is None else into.view(n, c, h, w)
+            x, own = adjust_hue(x.view(n, c, h, w), hue, shifted_into).view(n, c, h * w), True
+            continue
+        shifted = (order[:, position] == HUE).nonzero().squeeze(1) if HUE in steps else None
+        if shifted is not None and shifted.numel():  # index_select/index_copy: faster than
+            shaped = x.view(n, c, h, w)                # x[shifted] = ...
+            moved = adjust_hue(shaped.index_select(0, shifted), hue[shifted])
+            copy = shaped.index_copy_ if own else shaped.index_copy
+            x, own = copy(0, shifted, moved).view(n, c, h * w), True
+    if target is not None and x.data_ptr() != target.data_ptr():
+        target.copy_(x)
+        return out
     return x.view(n, c, h, w)
+
+
+def _linear_step(x: Tensor, step: LinearSteps, steps: frozenset[int] | set[int],
+                 out: Tensor | None = None) -> Tensor:
+    """One position of ``_jitter``: clamp(scale x + to_gray . x + to_mean_gray . mean(x), 0,
+    1) per image, x [N, 3, P], step: ``LinearSteps`` at this position (scale [N], to_gray and
+    to_mean_gray [N, 3]), into out [N, 3, P] (not x's storage) or a new tensor. ``steps``
+    says which steps the images take here: the gray is only needed with saturation, the
+    channel means only with contrast."""
+    gray = None  # [N, 1, P] or [N, 1, 1], the same in every channel
+    if SATURATION in steps:
+        gray = torch.bmm(step.to_gray[:, None], x)
+    if CONTRAST in steps:
+        mean_gray = torch.bmm(step.to_mean_gray[:, None], x.mean(-1, keepdim=True))
+        gray = mean_gray if gray is None else gray.add_(mean_gray)
+    scale = step.scale[:, None, None]
+    y = torch.mul(x, scale, out=out) if gray is None else torch.addcmul(gray, x, scale, out=out)
+    return y.clamp_(0.0, 1.0)
 
 
 def _jitter_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batch:
@@ -527,7 +599,7 @@ def jitter_in_order(images: Tensor, order: Tensor, factors: Tensor, hue: Tensor)
 
     images [B, 3, H, W], order [B, 4] int64, factors [B, 3], hue [B] -> [B, 3, H, W].
     """
-    return _jitter(images, *_linear_steps(order, factors.to(images.dtype)), order == HUE, hue)
+    return _jitter(images, _linear_steps(order, factors.to(images.dtype)), order, hue)
 
 
 def _blur_kernels(sigma: Tensor, radius: int) -> Tensor:
@@ -605,26 +677,122 @@ def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
     return images.index_copy_(0, index, blurred)
 
 
-def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
-    (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
-    All random choices, colour matrices and blur kernels are made for the batch first, then
-    the steps run chunk by chunk (``_chunks``), each chunk's last colour step writing into
-    the output.
+class PhotometricDraws(NamedTuple):
+    """photometric's random choices for a batch, made once (METHOD 7.5): the colour steps of
+    ``_linear_steps`` (``LinearSteps``), each image's order of steps
+    (order [B, 4], ``_jitter_draws``) and hue shift (hue [B]), which images are blurred
+    (blurred [B] bool) with which kernel (kernels [B, 2 * BLUR_RADIUS + 1]), and the
+    reflected blur taps along H and W (``_reflected_taps``)."""
 
-    images [B, 3, H, W] in [0, 1] -> a new [B, 3, H, W] in [0, 1].
-    """
+    linear: LinearSteps
+    order: Tensor
+    hue: Tensor
+    blurred: Tensor
+    kernels: Tensor
+    taps: tuple[Tensor, Tensor]
+
+
+def _photometric_draws(images: Tensor, generator: torch.Generator | None = None
+                      ) -> PhotometricDraws:
+    """photometric's random choices, colour steps and kernels for images [B, 3, H, W]."""
     b, _, h, w = images.shape
     order, factors, hue = _jitter_draws(b, images, generator)
     blurred, sigma = _blur_draws(b, images, generator)
-    matrices, mean_matrices = _linear_steps(order, factors.to(images.dtype))
-    hue_at = order == HUE
-    kernels = _blur_kernels(sigma, BLUR_RADIUS)
+    linear = _linear_steps(order, factors.to(images.dtype))
     taps = (_reflected_taps(h, min(BLUR_RADIUS, h - 1), images.device),
             _reflected_taps(w, min(BLUR_RADIUS, w - 1), images.device))
+    return PhotometricDraws(linear, order, hue, blurred,
+                            _blur_kernels(sigma, BLUR_RADIUS), taps)
+
+
+def _photometric_into(images: Tensor, draws: PhotometricDraws, part: slice, out: Tensor) -> None:
+    """Jitter and blur images [n, 3, H, W], the images ``part`` of the batch ``draws`` was
+    made for, into out [n, 3, H, W] (which may be images' own storage)."""
+    _jitter(images, LinearSteps(*(t[part] for t in draws.linear)), draws.order[part],
+            draws.hue[part], out)
+    _blur_(out, draws.blurred[part], draws.kernels[part], draws.taps)
+
+
+def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
+    (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
+    All random choices, colour steps and blur kernels are made for the batch first
+    (``_photometric_draws``), then the steps run chunk by chunk (``_chunks``), each chunk's
+    last colour step writing into the output.
+
+    images [B, 3, H, W] in [0, 1] -> a new [B, 3, H, W] in [0, 1].
+    """
+    draws = _photometric_draws(images, generator)
     out = torch.empty_like(images, memory_format=torch.contiguous_format)
     for part in _chunks(images):
-        _jitter(images[part], matrices[part], mean_matrices[part], hue_at[part], hue[part],
-                out[part])
-        _blur_(out[part], blurred[part], kernels[part], taps)
+        _photometric_into(images[part], draws, part, out[part])
     return out
+
+
+# --- 7.3-7.5 together -----------------------------------------------------------------------
+
+
+def strong_augment(
+    images: Tensor,
+    labels: Tensor,
+    confidence: Tensor,
+    crop_size: int,
+    scale_range: tuple[float, float],
+    mix_mode: str,
+    generator: torch.Generator | None = None,
+    partners: Callable[[Tensor, Tensor, Tensor], Batch] | None = None,
+) -> Batch:
+    """The unlabelled batch's whole pipeline (METHOD 7.3-7.5): ``random_scale_crop`` with the
+    flip, ``mix`` and ``photometric``, with the same random draws in the same order as those
+    three calls, so the same batch; ``partners`` (several processes) maps the cropped batch
+    to each image's mixing partner, as ``mix``'s ``partner``.
+
+    After the crop, each chunk (``_chunks``) is mixed into a chunk-sized temporary that the
+    colour steps read and write back over the crop's own storage (labels and confidence
+    are mixed in place), so the only batch-sized tensors are the crop's three outputs and
+    the mixing mask: on the CPU every further batch-sized tensor costs a page fault per
+    4 KiB and a pass through memory rather than cache. The crop's image 0 is kept aside
+    first, since image B - 1 mixes with it after it has been written.
+
+    images [B, 3, H, W], labels [B, H, W], confidence [B, H, W] ->
+    [B, 3, crop, crop], [B, crop, crop], [B, crop, crop].
+    """
+    geometry = geometry_draws(images, crop_size, scale_range, generator, hflip=True)
+    cropped = scale_crop(images, labels, confidence, crop_size, geometry)
+    partner = partners(*cropped) if partners is not None else None
+    mask = mix_mask(cropped[1], mix_mode, generator)
+    draws = _photometric_draws(cropped[0], generator)
+    if mix_mode in ("cutout", "none"):
+        if mix_mode == "cutout":
+            _cut_out_(*cropped, mask)
+        for part in _chunks(cropped[0]):
+            _photometric_into(cropped[0][part], draws, part, cropped[0][part])
+        return cropped
+    # Image 0 as it is before any chunk writes it: the partner of image B - 1.
+    first = None if partner is not None else tuple(x[:1].clone() for x in cropped)
+    for part in _chunks(cropped[0]):
+        masks = _paste_masks(mask[part], cropped[0], cropped[2])
+        partners_of = [_partner_rows(x, part, partner, first, which)
+                       for which, x in enumerate(cropped)]
+        _photometric_into(_paste(masks[0], cropped[0][part], partners_of[0]), draws, part,
+                          cropped[0][part])
+        # Labels and confidence straight into place, unless the partners are rows of the chunk.
+        overlap = partner is None and part.stop - part.start > 1
+        for k, x, p in zip(masks[1:], cropped[1:], partners_of[1:], strict=True):
+            if overlap:
+                x[part].copy_(_paste(k, x[part], p))
+            else:
+                _paste(k, x[part], p, out=x[part])
+    return cropped
+
+
+def _partner_rows(own: Tensor, part: slice, partner: Batch | None, first: Batch | None,
+                  which: int) -> Tensor:
+    """The mixing partners of the images ``part`` of own (the batch's tensor number which:
+    images, labels or confidence): rows of ``partner`` when given, else own[(i + 1) % B],
+    where row 0 comes from ``first`` (its copy made before own was written)."""
+    if partner is not None:
+        return partner[which][part]
+    if part.stop < own.shape[0]:
+        return own[part.start + 1: part.stop + 1]
+    return torch.cat([own[part.start + 1:], first[which]])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prcl.config import Config, LossConfig
-from prcl.data import IGNORE_INDEX, mix, normalize, photometric, random_scale_crop
+from prcl.data import IGNORE_INDEX, normalize, strong_augment
 from prcl.losses import PRCLLoss, pseudo_label_ce
 from prcl.losses.prototypes import ReduceSum
 
@@ -109,15 +109,10 @@ def prcl_step_losses(
     data = cfg.data
     with autocast:
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, images_u)
-    images_u, pseudo_labels, confidence = random_scale_crop(
-        images_u, pseudo_labels, confidence, data.crop_size, data.scale_range, generator,
-        hflip=True,
+    images_u, pseudo_labels, confidence = strong_augment(
+        images_u, pseudo_labels, confidence, data.crop_size, data.scale_range, data.mix_mode,
+        generator, partners,
     )
-    partner = partners(images_u, pseudo_labels, confidence) if partners else None
-    images_u, pseudo_labels, confidence = mix(
-        images_u, pseudo_labels, confidence, data.mix_mode, generator, partner
-    )
-    images_u = photometric(images_u, generator)
 
     with autocast:
         logits, mu, var = student_outputs(student, images_l, images_u, cfg.train.student_pass)
