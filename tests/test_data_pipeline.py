@@ -307,6 +307,19 @@ def test_photometric_is_the_same_in_chunks_and_whole(monkeypatch):
     assert (whole - images).abs().amax((1, 2, 3)).gt(0).sum() >= 4  # the steps did run
 
 
+def test_scale_crop_is_the_same_in_chunks_and_whole(monkeypatch):
+    """Chunks of 3 source images over a batch of 8 (the last chunk holds 2): each chunk's
+    rows index its own table."""
+    batch = noisy_batch()
+    whole = random_scale_crop(*batch, 40, (0.5, 1.5), torch.Generator().manual_seed(6), hflip=True)
+    monkeypatch.setattr(unlabelled, "CPU_CHUNK_BYTES", 3 * batch[0][0].numel() * 4)
+    assert [p.stop - p.start for p in unlabelled._chunks(batch[0])] == [3, 3, 2]
+    chunked = random_scale_crop(*batch, 40, (0.5, 1.5), torch.Generator().manual_seed(6),
+                                hflip=True)
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(chunked[1:], whole[1:], strict=True))
+
+
 def test_devices_without_embedding_bag_get_the_same_batch(monkeypatch):
     batch = drawn_batch(b=5)
     fused = full_pipeline(batch, 7)

@@ -82,14 +82,19 @@ reuse (a fresh batch-sized temporary costs the CPU a page fault per 4 KiB, often
 the pass that fills it). Elsewhere the batch goes through at once."""
 
 
+def _chunk_size(images: Tensor) -> int:
+    """Images per chunk of ``_chunks``: as many as fit CPU_CHUNK_BYTES on the CPU (at least
+    one), else the whole batch."""
+    if images.device.type != "cpu":
+        return max(images.shape[0], 1)
+    per_image = images[0].numel() * images.element_size()
+    return max(1, CPU_CHUNK_BYTES // max(per_image, 1))
+
+
 def _chunks(images: Tensor) -> list[slice]:
     """Slices of images' batch dimension: cache-sized chunks on the CPU, else the whole."""
-    b = images.shape[0]
-    if images.device.type != "cpu":
-        return [slice(0, b)]
-    per_image = images[0].numel() * images.element_size()
-    step = max(1, CPU_CHUNK_BYTES // max(per_image, 1))
-    return [slice(i, i + step) for i in range(0, b, step)]
+    b, step = images.shape[0], _chunk_size(images)
+    return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
 
 # --- 7.3 geometry ---------------------------------------------------------------------------
@@ -150,31 +155,41 @@ def weighted_rows(index: Tensor, table: Tensor, weights: Tensor) -> Tensor:
     return torch.einsum("rk,rkl->rl", weights, table[index])
 
 
-def _resample_dim2(x: Tensor, first: Tensor, weights: Tensor) -> Tensor:
-    """Resample x [B, C, N, L] along dim 2 -> [B, C, n, L]: output row r of image i is
-    sum_t weights[i, r, t] * x[i, :, first[i, r] + t] (first [B, n], weights [B, n, taps]).
+class Bags(NamedTuple):
+    """``weighted_rows`` bags of a resample along one axis, for every image and channel of a
+    batch: index [B * C * n, taps] rows of a chunk's table, weights [B * C * n, taps]."""
 
-    One ``embedding_bag`` over the rows of all images and channels: a fused gather and
-    weighted sum of whole contiguous rows, with no dense [n, N] matrix (a batched matmul
-    would spend ~100x the multiplications on zero weights)."""
-    b, c, n_in, length = x.shape
-    n, taps = weights.shape[1:]
-    row0 = torch.arange(b * c, device=x.device).view(b, c, 1, 1) * n_in
-    steps = torch.arange(taps, device=x.device)
-    index = (row0 + first[:, None, :, None] + steps).view(-1, taps)
-    per_row = weights.to(x.dtype)[:, None].expand(b, c, n, taps).reshape(-1, taps)
-    return weighted_rows(index, x.reshape(b * c * n_in, length), per_row).view(b, c, n, length)
+    index: Tensor
+    weights: Tensor
 
 
-def _resample(images: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor],
-              out: Tensor) -> Tensor:
-    """Separable resample of images [B, C, H, W] into out [B, C, h, w] with the (first,
-    weights) of ``_resample_weights`` for rows ([B, h], [B, h, taps]) and columns ([B, w],
-    [B, w, taps]): rows first, then the columns as the rows of the transposed intermediate,
+def _chunk_bags(first: Tensor, weights: Tensor, channels: int, size: int,
+                per_chunk: int) -> Bags:
+    """``_resample_weights``'s (first [B, n], weights [B, n, taps]) as ``Bags``, made once for
+    the batch: output row r of image i's channel k sums rows (((i mod per_chunk) * channels +
+    k) * size + first[i, r] + t) of the [per_chunk * channels * size, L] table of i's chunk."""
+    b, n, taps = weights.shape
+    image = torch.arange(b, device=first.device).remainder(per_chunk)
+    row0 = (image[:, None] * channels + torch.arange(channels, device=first.device)) * size
+    steps = torch.arange(taps, device=first.device)
+    index = row0[:, :, None, None] + first[:, None, :, None] + steps
+    per_row = weights[:, None].expand(b, channels, n, taps).reshape(-1, taps)
+    return Bags(index.view(-1, taps), per_row)
+
+
+def _resample(images: Tensor, rows: Bags, cols: Bags, out: Tensor) -> Tensor:
+    """Separable resample of one chunk, images [n, C, H, W] into out [n, C, h, w], with the
+    chunk's ``Bags`` for rows and columns: each pass is one ``embedding_bag`` over the rows
+    of all images and channels (a fused gather and weighted sum of whole contiguous rows, no
+    dense [h, H] matrix: a batched matmul would spend ~100x the multiplications on zero
+    weights). Rows first, then the columns as the rows of the transposed intermediate,
     transposed back into out."""
-    by_rows = _resample_dim2(images, *rows)  # [B, C, h, W]
-    by_cols = _resample_dim2(by_rows.transpose(2, 3).contiguous(), *cols)  # [B, C, w, h]
-    return out.copy_(by_cols.transpose(2, 3))
+    n, c, _, w_in = images.shape
+    h, w = out.shape[-2:]
+    by_rows = weighted_rows(rows.index, images.reshape(-1, w_in), rows.weights)  # [n*C*h, W]
+    by_rows = by_rows.view(n, c, h, w_in).transpose(2, 3).contiguous()
+    by_cols = weighted_rows(cols.index, by_rows.view(-1, h), cols.weights)  # [n * C * w, h]
+    return out.copy_(by_cols.view(n, c, w, h).transpose(2, 3))
 
 
 def _nearest_source(positions: Tensor, scaled: Tensor, size: int) -> Tensor:
@@ -269,9 +284,13 @@ def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: in
     out_images = images.new_empty(b, c, crop_size, crop_size)
     out_labels = labels.new_empty(b, crop_size, crop_size)
     out_confidence = confidence.new_empty(b, crop_size, crop_size)
+    per_chunk = _chunk_size(images)
+    row_bags = _chunk_bags(row_weights[0], row_weights[1].to(images.dtype), c, h, per_chunk)
+    col_bags = _chunk_bags(col_weights[0], col_weights[1].to(images.dtype), c, w, per_chunk)
     for part in _chunks(images):
-        _resample(images[part], tuple(x[part] for x in row_weights),
-                  tuple(x[part] for x in col_weights), out_images[part])
+        bags = slice(part.start * c * crop_size, part.stop * c * crop_size)
+        _resample(images[part], Bags(*(x[bags] for x in row_bags)),
+                  Bags(*(x[bags] for x in col_bags)), out_images[part])
         index = _padded_pixel_index(source_rows[part], source_cols[part], h, w)
         _gather_padded(labels[part], index, IGNORE_INDEX, out_labels[part])
         _gather_padded(confidence[part], index, 0.0, out_confidence[part])
@@ -485,8 +504,9 @@ class LinearSteps(NamedTuple):
 
     Brightness: scale f (a blend with black); saturation: scale f and to_gray = (1 - f) luma
     (a blend with the pixel's gray); contrast: scale f and to_mean_gray = (1 - f) luma (a
-    blend with the image's mean gray); HUE and -1: the identity (scale 1). scale [B, 4],
-    to_gray and to_mean_gray [B, 4, 3] (METHOD 7.5)."""
+    blend with the image's mean gray); HUE and -1: the identity (scale 1). scale [B, 4, 1, 1],
+    to_gray and to_mean_gray [B, 4, 1, 3], shaped to broadcast over [B, 3, pixels] at each
+    position (METHOD 7.5)."""
 
     scale: Tensor
     to_gray: Tensor
@@ -497,10 +517,10 @@ def _linear_steps(order: Tensor, factors: Tensor) -> LinearSteps:
     """``LinearSteps`` of images taking the steps order [B, 4] (int64, -1 for none) with
     their brightness, contrast and saturation factors [B, 3]. Built once per batch."""
     linear = (order >= BRIGHTNESS) & (order <= SATURATION)
-    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)
-    luma = device_constant(_LUMA, factors.device, factors.dtype, (1, 1, 3))
-    to_gray = torch.where(order == SATURATION, 1.0 - f, 0.0)[..., None] * luma
-    to_mean_gray = torch.where(order == CONTRAST, 1.0 - f, 0.0)[..., None] * luma
+    f = torch.where(linear, factors.gather(1, order.clamp(0, SATURATION)), 1.0)[..., None, None]
+    luma = device_constant(_LUMA, factors.device, factors.dtype, (1, 1, 1, 3))
+    to_gray = torch.where((order == SATURATION)[..., None, None], 1.0 - f, 0.0) * luma
+    to_mean_gray = torch.where((order == CONTRAST)[..., None, None], 1.0 - f, 0.0) * luma
     return LinearSteps(f, to_gray, to_mean_gray)
 
 
@@ -557,19 +577,19 @@ def _jitter(images: Tensor, linear: LinearSteps, order: Tensor, hue: Tensor,
 def _linear_step(x: Tensor, step: LinearSteps, steps: frozenset[int] | set[int],
                  out: Tensor | None = None) -> Tensor:
     """One position of ``_jitter``: clamp(scale x + to_gray . x + to_mean_gray . mean(x), 0,
-    1) per image, x [N, 3, P], step: ``LinearSteps`` at this position (scale [N], to_gray and
-    to_mean_gray [N, 3]), into out [N, 3, P] (not x's storage) or a new tensor. ``steps``
-    says which steps the images take here: the gray is only needed with saturation, the
-    channel means only with contrast."""
+    1) per image, x [N, 3, P], step: ``LinearSteps`` at this position (scale [N, 1, 1],
+    to_gray and to_mean_gray [N, 1, 3]), into out [N, 3, P] (not x's storage) or a new
+    tensor. ``steps`` says which steps the images take here: the gray is only needed with
+    saturation, the channel means only with contrast."""
     gray = None  # [N, 1, P] or [N, 1, 1], the same in every channel
     if SATURATION in steps:
-        gray = torch.bmm(step.to_gray[:, None], x)
+        gray = torch.bmm(step.to_gray, x)
     if CONTRAST in steps:
-        mean_gray = torch.bmm(step.to_mean_gray[:, None], x.mean(-1, keepdim=True))
+        mean_gray = torch.bmm(step.to_mean_gray, x.mean(-1, keepdim=True))
         gray = mean_gray if gray is None else gray.add_(mean_gray)
-    scale = step.scale[:, None, None]
-    y = torch.mul(x, scale, out=out) if gray is None else torch.addcmul(gray, x, scale, out=out)
-    return y.clamp_(0.0, 1.0)
+    if gray is None:
+        return torch.mul(x, step.scale, out=out).clamp_(0.0, 1.0)
+    return torch.addcmul(gray, x, step.scale, out=out).clamp_(0.0, 1.0)
 
 
 def _jitter_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batch:
