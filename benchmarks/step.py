@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prcl.config import load_config
+from prcl.config import CHOICES, load_config
 from prcl.data import VOC_CLASSES, DataBundle, strong_augment
 from prcl.engine import Trainer
 from prcl.engine.ema import ema_update
@@ -215,12 +215,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch", type=int, default=2, help="labelled (= unlabelled) images")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
+    parser.add_argument("--amp", default="auto", choices=CHOICES["train.amp"])
     parser.add_argument("--compile", action="store_true", help="train.compile=true")
     parser.add_argument("--memory-format", default="auto",
-                        choices=("auto", "channels_last", "contiguous"))
-    parser.add_argument("--student-pass", default="separate", choices=("separate", "joint"),
-                        help="train.student_pass")
+                        choices=CHOICES["train.memory_format"])
+    parser.add_argument("--student-pass", default="separate",
+                        choices=CHOICES["train.student_pass"], help="train.student_pass")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--encoder", default="resnet101")
