@@ -104,8 +104,8 @@ def test_a_joint_student_pass_differs_from_two_passes_only_by_batchnorm(cache, t
 
 
 def snapshot(trainer):
-    momentum = [s["momentum_buffer"].clone() for o in (trainer.optimizer, trainer.head_optimizer)
-                for s in o.state.values()]
+    momentum = [v.clone() for o in (trainer.optimizer, trainer.head_optimizer)
+                for s in o.state.values() for v in s.values()]  # SGD's buffers, AdamW's moments
     return ({k: v.clone() for k, v in trainer.student.state_dict().items()},
             {k: v.clone() for k, v in trainer.teacher.state_dict().items()}, momentum)
 
@@ -133,10 +133,12 @@ class NanGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
-@pytest.mark.parametrize("poison", ["nan-loss", "huge-loss", "nan-gradient"])
+@pytest.mark.parametrize("poison, optimizer", [
+    ("nan-loss", "sgd"), ("huge-loss", "sgd"), ("nan-gradient", "sgd"), ("nan-loss", "adamw"),
+    ("nan-gradient", "adamw")])
 def test_a_skipped_step_changes_no_weight_momentum_or_teacher(cache, tmp_path, monkeypatch,
-                                                              poison):
-    trainer, batch = ready_trainer(cache, tmp_path)
+                                                              poison, optimizer):
+    trainer, batch = ready_trainer(cache, tmp_path, f"optim.optimizer={optimizer}")
     real = trainer_module.prcl_step_losses
 
     def poisoned(*args, **kwargs):
@@ -176,6 +178,22 @@ def test_a_skipped_first_step_leaves_the_momentum_at_zero(cache, tmp_path, monke
     expected = p.grad + trainer.cfg.optim.weight_decay * start
     assert torch.allclose(trainer.optimizer.state[p]["momentum_buffer"], expected,
                           rtol=1e-6, atol=1e-9)
+
+
+def test_adamw_steps_as_adam_with_decoupled_weight_decay(cache, tmp_path):
+    """Adam's first step moves each weight by lr * g / (|g| + eps) against its gradient g,
+    after the weight decay has scaled it by 1 - lr * weight_decay (AdamW)."""
+    trainer = Trainer(tiny(cache, tmp_path, "optim.optimizer=adamw", "optim.weight_decay=0.05"),
+                      progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
+    labelled, unlabelled = trainer._loaders()
+    p = trainer.student.classifier[-1].weight
+    start, lr = p.detach().clone(), trainer.optimizer.param_groups[0]["lr"]
+    trainer.train_step(*trainer._next_batch(labelled, unlabelled))
+    g = p.grad
+    expected = start * (1 - lr * 0.05) - lr * g / (g.abs() + 1e-8)
+    assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(p.detach(), start * (1 - lr * 0.05), atol=1e-6)
 
 
 def test_a_divergence_between_logging_steps_stops_the_run_at_the_next(cache, tmp_path,

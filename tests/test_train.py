@@ -12,7 +12,7 @@ from prcl.data.synthetic import CLASS_NAMES
 from prcl.engine import Trainer, TrainingDiverged, train
 from prcl.engine import trainer as trainer_module
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from prcl.errors import CheckpointError
+from prcl.errors import CheckpointError, PrclError
 from prcl.evaluation import predict_whole
 from prcl.models import build_encoder
 
@@ -30,6 +30,9 @@ TINY = [
     "loss.num_queries=16",
     "loss.num_negatives=32",
     "optim.reference_batch_size=2",
+    "optim.optimizer=sgd",  # the authors' optimiser, which the guard and resume tests follow
+    "optim.lr=0.06",
+    "optim.weight_decay=5e-4",
     "train.epochs=2",
     "train.steps_per_epoch=2",
     "train.eval_every=1",
@@ -106,8 +109,9 @@ GDP_VN = ("loss.prototypes=global", "loss.gdp_forgetting=0.9", "loss.virtual_neg
 
 
 @pytest.mark.parametrize("options", [("train.labelled_warmup_epochs=0",),
-                                     ("train.labelled_warmup_epochs=1",), GDP_VN],
-                         ids=["no-warmup", "warmup", "gdp-vn"])
+                                     ("train.labelled_warmup_epochs=1",), GDP_VN,
+                                     ("optim.optimizer=adamw",)],
+                         ids=["no-warmup", "warmup", "gdp-vn", "adamw"])
 def test_resume_continues_bitwise(cache, tmp_path, options):
     extra = ("train.deterministic=true", "train.eval_every=2", *options)
     cfg = tiny(cache, tmp_path / "straight", *extra)
@@ -122,8 +126,10 @@ def test_resume_continues_bitwise(cache, tmp_path, options):
         a = getattr(straight, name).state_dict()
         b = getattr(resumed, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert straight.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
-        resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
+    state, state_resumed = (t.optimizer.state_dict()["state"][0] for t in (straight, resumed))
+    assert state.keys() == state_resumed.keys() and state.keys() >= (
+        {"exp_avg", "exp_avg_sq"} if "optim.optimizer=adamw" in options else {"momentum_buffer"})
+    assert all(torch.equal(state[k], state_resumed[k]) for k in state)
     if options == GDP_VN:
         gdp = straight.prcl_loss.global_prototypes.sums
         assert torch.equal(gdp, resumed.prcl_loss.global_prototypes.sums)
@@ -136,6 +142,13 @@ def test_resume_continues_bitwise(cache, tmp_path, options):
         assert len(seen) == 4 and seen == sorted(seen) and seen[-1] == (gdp[:, -1] > 0).sum()
         assert all(0 < t["gdp_mean_var"] < 1 for t in logged)
 
+
+
+def test_resuming_with_another_optimiser_is_one_clear_error(cache, tmp_path):
+    Trainer(tiny(cache, tmp_path), progress=False).fit(max_steps=1)
+    with pytest.raises(PrclError, match=r"trained with optim\.optimizer=sgd; resume with the same"):
+        Trainer(tiny(cache, tmp_path, "optim.optimizer=adamw"), resume=tmp_path / "last.pth",
+                progress=False)
 
 
 def test_teacher_heads_it_never_runs_carry_trained_statistics(cache, tmp_path):

@@ -120,6 +120,10 @@ class RampConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "sgd"
+    """sgd (the authors': momentum, Nesterov, weight_decay as an L2 term in the gradient) |
+    adamw (Adam with decoupled weight decay, betas (0.9, 0.999); momentum and nesterov are
+    not used): far fewer steps to a good network trained from scratch"""
     lr: float = 3.2e-3
     probability_head_lr: float = 5e-5
     weight_decay: float = 5e-4
@@ -201,6 +205,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
     "loss.unsupervised_weighting": ("image", "pixel"),
     "loss.prototypes": ("batch", "global"),
+    "optim.optimizer": ("sgd", "adamw"),
     "train.method": ("prcl", "supervised"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "train.memory_format": ("auto", "channels_last", "contiguous"),

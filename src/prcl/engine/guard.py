@@ -58,13 +58,14 @@ def found_inf(optimizers: list[torch.optim.Optimizer], skip: Tensor):
             del optimizer.found_inf
 
 
-def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
-    """Give every parameter a zero momentum buffer before the first step. The fused SGD
-    starts an absent buffer as ``empty_like`` and fills it only if that step runs, so a
-    skipped first step would leave garbage; from zero, the first step's buffer is
-    ``momentum * 0 + grad = grad``, the value it would have started with."""
+def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter of an SGD with momentum a zero momentum buffer before the first
+    step (other optimisers: nothing to do). The fused SGD starts an absent buffer as
+    ``empty_like`` and fills it only if that step runs, so a skipped first step would leave
+    garbage; from zero, the first step's buffer is ``momentum * 0 + grad = grad``, the value
+    it would have started with."""
     for group in optimizer.param_groups:
-        if group["momentum"] == 0:
+        if not group.get("momentum"):
             continue
         for p in group["params"]:
             optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))

@@ -2,7 +2,7 @@
 evaluation, checkpoints, resume, the non-finite guard and logging.
 
 Data flows one way: datasets -> endless loaders -> ``train_step`` (losses from
-``prcl.engine.step``) -> the two SGD optimisers -> the EMA teacher.
+``prcl.engine.step``) -> the two optimisers -> the EMA teacher.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ class Trainer:
 
         lr, head_lr, self.lr_factor = scaled_learning_rates(cfg, self.rt.world_size)
         groups = self.student.parameter_groups()
-        self.optimizer = self._sgd(groups["network"], lr)
-        self.head_optimizer = self._sgd(groups["probability_head"], head_lr)
+        self.optimizer = self._optimizer(groups["network"], lr)
+        self.head_optimizer = self._optimizer(groups["probability_head"], head_lr)
         self.scheduler = poly_lr(self.optimizer, self.total_steps, cfg.optim.poly_power,
                                  cfg.optim.min_lr, cfg.optim.lr_warmup_steps)
         self.head_scheduler = poly_lr(self.head_optimizer, self.total_steps,
@@ -186,18 +186,21 @@ class Trainer:
             self._load_state(state)
 
     # ----------------------------------------------------------------- set-up helpers
-    def _sgd(self, params: list[nn.Parameter], lr: float) -> torch.optim.SGD:
-        """The fused SGD (one kernel per device and dtype for the whole update; the CPU, CUDA
-        and MPS have it): it honours the guard's ``found_inf`` on the device. Momentum
-        buffers start at zero (``zero_momentum_buffers``)."""
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """``optim.optimizer``, fused (one kernel per device and dtype for the whole update;
+        the CPU, CUDA and MPS have both): it honours the guard's ``found_inf`` on the device.
+        SGD's momentum buffers start at zero (``zero_momentum_buffers``); AdamW's moments
+        start at zero by themselves, and a skipped step leaves its step count as it was."""
         o = self.cfg.optim
+        if o.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, fused=True)
         optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
                                     weight_decay=o.weight_decay, fused=True)
         zero_momentum_buffers(optimizer)
         return optimizer
 
     @staticmethod
-    def _keep_fused(optimizer: torch.optim.SGD) -> None:
+    def _keep_fused(optimizer: torch.optim.Optimizer) -> None:
         """After ``load_state_dict``, which takes every group setting from the checkpoint:
         the fused step again (a checkpoint from before it holds ``foreach=True``), and zero
         momentum buffers where the checkpoint had none."""
@@ -494,6 +497,10 @@ class Trainer:
         if training["world_size"] != self.rt.world_size:
             raise PrclError(f"the checkpoint was written by {training['world_size']} process(es); "
                             f"resume with the same number (now {self.rt.world_size})")
+        saved_optimizer = "adamw" if "betas" in training["optimizer"]["param_groups"][0] else "sgd"
+        if saved_optimizer != self.cfg.optim.optimizer:
+            raise PrclError(f"the checkpoint was trained with optim.optimizer={saved_optimizer}; "
+                            f"resume with the same (now {self.cfg.optim.optimizer})")
         self.student.load_state_dict(ckpt["student"])
         self.teacher.load_state_dict(ckpt["teacher"])
         for optimizer, saved in ((self.optimizer, training["optimizer"]),
