@@ -12,6 +12,7 @@ from prcl.data.synthetic import CLASS_NAMES
 from prcl.engine import Trainer, TrainingDiverged, train
 from prcl.engine import trainer as trainer_module
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from prcl.engine.ema import ema_decay
 from prcl.errors import CheckpointError, PrclError
 from prcl.evaluation import predict_whole
 from prcl.models import build_encoder
@@ -166,6 +167,34 @@ def test_teacher_heads_it_never_runs_carry_trained_statistics(cache, tmp_path):
             # The EMA follows the student's statistics: closer to them than to the init.
             assert (t.running_var - s.running_var).abs().mean() < (
                 (t.running_var - 1).abs().mean()), head
+
+
+@pytest.mark.parametrize("statistics", ["own", "student"])
+def test_teacher_batchnorm_own_or_averaged_from_the_student(cache, tmp_path, statistics):
+    trainer = Trainer(tiny(cache, tmp_path, f"train.teacher_batchnorm={statistics}"),
+                      progress=False)
+    trainer.fit(max_steps=1)
+    batch = trainer._next_batch(*trainer._loaders())
+    modes = []
+    trainer.teacher.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    name = next(n for n, m in trainer.teacher.named_modules()
+                if isinstance(m, torch.nn.BatchNorm2d))
+    teacher, student = (net.get_submodule(name) for net in (trainer.teacher, trainer.student))
+    before = teacher.running_mean.clone()
+    trainer.train_step(*batch)
+    assert modes == [statistics == "own"]
+    weight = 1 - ema_decay(1, trainer.cfg.train.ema_alpha)
+    averaged = torch.lerp(before, student.running_mean, weight)
+    assert torch.allclose(teacher.running_mean, averaged) == (statistics == "student")
+
+
+def test_the_baseline_trains_in_train_mode_whatever_teacher_batchnorm_says(cache, tmp_path):
+    cfg = tiny(cache, tmp_path, "train.method=supervised", "train.teacher_batchnorm=student")
+    trainer = Trainer(cfg, progress=False)
+    modes = []
+    trainer.student.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    trainer.fit(max_steps=1)
+    assert modes == [True]
 
 
 def test_non_finite_guard_skips_counts_and_stops(cache, tmp_path, monkeypatch):

@@ -164,6 +164,12 @@ class TrainConfig:
     one, each BatchNorm normalising over its own batch) | joint (one pass over both batches
     together, as U2PL and UniMatch do: BatchNorm over both; a quarter fewer operators per
     step, so fewer kernel launches on a GPU)"""
+    teacher_batchnorm: str = "own"
+    """own (the authors': the teacher makes pseudo-labels in train mode, each BatchNorm
+    normalising over the unlabelled batch, and its running statistics are its own) | student
+    (the teacher makes pseudo-labels in eval mode, with running statistics averaged from the
+    student's like its weights, as timm's ModelEmaV2): with small batches the teacher's own
+    statistics of a few images misjudge the variance, which costs its evaluation"""
     compile: bool = False
     """torch.compile the student and the teacher for training (the first steps compile;
     evaluation stays eager)"""
@@ -210,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "train.memory_format": ("auto", "channels_last", "contiguous"),
     "train.student_pass": ("separate", "joint"),
+    "train.teacher_batchnorm": ("own", "student"),
     "eval.mode": ("whole", "sliding"),
 }
 

@@ -31,7 +31,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float,
     BatchNorm statistics are the teacher's own where it makes pseudo-labels in train mode, as
     in the authors' code. ``buffers`` names submodules whose floating buffers are averaged the
     same way: those the teacher never runs (``TEACHER_UNRUN``), and ``""`` (the whole
-    network) during the labelled warm-up, when the teacher sees no images."""
+    network) during the labelled warm-up, when the teacher sees no images, and throughout
+    with ``train.teacher_batchnorm=student``, when it makes pseudo-labels in eval mode."""
     weight = 1.0 - ema_decay(step, alpha)
     pairs = list(zip(teacher.parameters(), student.parameters(), strict=True))
     for name in buffers:

@@ -256,8 +256,10 @@ class Trainer:
         run stops with ``TrainingDiverged`` at the next check (``_check_skips``: every
         logging step, evaluation, save and the end) once ``train.max_nonfinite_steps``
         consecutive steps were skipped."""
+        own_statistics = self.cfg.train.teacher_batchnorm == "own"
+        if self.semi:  # the baseline's teacher is its student
+            self.teacher.train(own_statistics)
         self.network.train()
-        self.teacher.train()
         with self.batchnorm_counts.deferred():
             losses = self._losses(images_l, labels_l, images_u)
         self.optimizer.zero_grad(set_to_none=True)
@@ -268,7 +270,8 @@ class Trainer:
         self.head_scheduler.step()
         if self.semi:
             ema_update(self.teacher, self.student, self.step, self.cfg.train.ema_alpha,
-                       buffers=("",) if images_u is None else TEACHER_UNRUN, skip=skip)
+                       buffers=TEACHER_UNRUN if images_u is not None and own_statistics
+                       else ("",), skip=skip)
         self.skips.update(skip)
         self.step += 1
         return losses
