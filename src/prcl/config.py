@@ -168,8 +168,9 @@ class TrainConfig:
     """own (the authors': the teacher makes pseudo-labels in train mode, each BatchNorm
     normalising over the unlabelled batch, and its running statistics are its own) | student
     (the teacher makes pseudo-labels in eval mode, with running statistics averaged from the
-    student's like its weights, as timm's ModelEmaV2): with small batches the teacher's own
-    statistics of a few images misjudge the variance, which costs its evaluation"""
+    student's like its weights, as timm's ModelEmaV2): with batches of a few images the
+    teacher's own statistics are off, which costs its pseudo-labels and its evaluation
+    (README, Results)"""
     compile: bool = False
     """torch.compile the student and the teacher for training (the first steps compile;
     evaluation stays eager)"""
