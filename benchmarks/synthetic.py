@@ -10,7 +10,9 @@ loss.virtual_negatives=16"``), so one table holds PRCL with and without them.
                                              [--all-labelled] [--prcl-variant "K=V ..."]
                                              [KEY=VALUE ...]
 
-Prints one line per run and the mean and standard deviation of the final mIoU per method.
+Prints one line per run (its final mIoU and each class's IoU, background first: a class
+near 0 is one that the run lost) and the mean and standard deviation of the final mIoU per
+method.
 With ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads. A
 run's numbers depend on its thread count (the order of floating-point sums), so compare
 tables made with the same --jobs; ``--jobs 1`` on a 2-core machine runs each with 2 threads,
@@ -20,11 +22,13 @@ as ``make demo`` does.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import torch
 
@@ -33,15 +37,24 @@ from prcl.engine import train
 
 
 def run(method: str, seed: int, overrides: list[str],
-        threads: int | None) -> tuple[float, int, float]:
-    """One training run: (final mIoU in percent, steps, seconds)."""
+        threads: int | None) -> tuple[float, int, float, list[float]]:
+    """One training run: (final mIoU in percent, steps, seconds, final IoU of each class in
+    percent, from the run's last evaluation in metrics.jsonl)."""
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config("synthetic", [*overrides, f"train.method={method}", f"train.seed={seed}",
                                     f"data.split_seed={seed}"])
     started = time.perf_counter()
     result = train(cfg, progress=False, overwrite=True)
-    return result.last_miou * 100, result.steps, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return result.last_miou * 100, result.steps, seconds, last_class_iou(result.run_dir)
+
+
+def last_class_iou(run_dir: Path) -> list[float]:
+    """Each class's IoU in percent at a run's last evaluation (its metrics.jsonl)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    evals = [record["eval"] for record in map(json.loads, lines) if "eval" in record]
+    return [iou * 100 for iou in evals[-1]["iou"]]
 
 
 def main() -> None:
@@ -83,10 +96,11 @@ def main() -> None:
         for seed in args.seeds]  # the slower PRCL runs first
     miou: dict[tuple[str, int], float] = {}
 
-    def report(row: str, seed: int, outcome: tuple[float, int, float]) -> None:
+    def report(row: str, seed: int, outcome: tuple[float, int, float, list[float]]) -> None:
         miou[row, seed] = outcome[0]
-        print(f"seed {seed}  {row:<10}  mIoU {outcome[0]:5.1f}  ({outcome[1]} steps, "
-              f"{outcome[2]:.0f} s)", flush=True)
+        classes = " ".join(f"{iou:.0f}" for iou in outcome[3])
+        print(f"seed {seed}  {row:<10}  mIoU {outcome[0]:5.1f}  (IoU per class {classes}; "
+              f"{outcome[1]} steps, {outcome[2]:.0f} s)", flush=True)
 
     if args.jobs == 1:
         for row, seed, overrides in runs:
