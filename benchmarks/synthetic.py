@@ -22,18 +22,17 @@ as ``make demo`` does.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 
 import torch
 
 from prcl.config import load_config
 from prcl.engine import train
+from prcl.engine.run_folder import last_evaluation
 
 
 def run(method: str, seed: int, overrides: list[str],
@@ -47,14 +46,8 @@ def run(method: str, seed: int, overrides: list[str],
     started = time.perf_counter()
     result = train(cfg, progress=False, overwrite=True)
     seconds = time.perf_counter() - started
-    return result.last_miou * 100, result.steps, seconds, last_class_iou(result.run_dir)
-
-
-def last_class_iou(run_dir: Path) -> list[float]:
-    """Each class's IoU in percent at a run's last evaluation (its metrics.jsonl)."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    evals = [record["eval"] for record in map(json.loads, lines) if "eval" in record]
-    return [iou * 100 for iou in evals[-1]["iou"]]
+    class_iou = [iou * 100 for iou in last_evaluation(result.run_dir)["iou"]]
+    return result.last_miou * 100, result.steps, seconds, class_iou
 
 
 def main() -> None:

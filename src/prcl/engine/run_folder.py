@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from prcl.errors import PrclError
 from prcl.processes import process_alive
@@ -62,20 +63,27 @@ def describe_run(run_dir: Path) -> str:
     26.6', from its file names and the last evaluation in metrics.jsonl."""
     names = [name for name in RUN_FILES if (run_dir / name).exists()]
     text = ", ".join(names)
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        evals = []
-        for line in metrics.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "eval" in record:
-                evals.append(record["eval"])
-        if evals:
-            last = evals[-1]
-            text += f"; step {last['step']}, best mIoU {last['best_miou'] * 100:.1f}"
+    last = last_evaluation(run_dir)
+    if last is not None:
+        text += f"; step {last['step']}, best mIoU {last['best_miou'] * 100:.1f}"
     return text
+
+
+def last_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The last ``eval`` record of run_dir's metrics.jsonl (step, miou, best_miou, iou per
+    class), or None when there is none; unreadable lines (a write cut short) are skipped."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    last = None
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "eval" in record:
+            last = record["eval"]
+    return last
 
 
 def _acquire(lock: Path) -> Path:
