@@ -15,6 +15,9 @@ from prcl.data.synthetic import (
     BACKGROUND_TEXTURES,
     CLASS_NAMES,
     CLASSES,
+    OBJECT_SIZE,
+    _shape_mask,
+    _smooth_noise,
     cache_name,
     render,
 )
@@ -42,6 +45,36 @@ def test_render_sizes_and_ignore_band():
         for a, b in ((label[1:], label[:-1]), (label[:, 1:], label[:, :-1])):
             touching = (a != b) & (a != IGNORE_INDEX) & (b != IGNORE_INDEX)
             assert not touching.any()
+
+
+def test_object_sizes_span_the_whole_object_size_range():
+    """Disc radii (from their areas) over OBJECT_SIZE's whole range: the largest of 300 is
+    nearly OBJECT_SIZE[1] / OBJECT_SIZE[0] times the smallest (borders clip a few)."""
+    yy, xx = np.mgrid[0:160, 0:160].astype(np.float32)
+    radii = [np.sqrt(_shape_mask("disc", yy, xx, np.random.default_rng(i)).sum() / np.pi) / 160
+             for i in range(300)]
+    assert min(radii) < OBJECT_SIZE[0] * 1.1 and max(radii) > OBJECT_SIZE[1] * 0.9
+    assert max(radii) / min(radii) > 0.8 * OBJECT_SIZE[1] / OBJECT_SIZE[0]
+
+
+def test_background_noise_is_torchs_bilinear_and_the_same_at_any_thread_count():
+    """The same images whatever torch's threads (torch's interpolate, used up to generator
+    version 2, differed in the last bits between one and two threads on every size here)."""
+    threads = torch.get_num_threads()
+    try:
+        for h, w in ((163, 171), (128, 192), (97, 13)):
+            fields = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                fields.append(_smooth_noise(h, w, np.random.default_rng(h), cells=8))
+            assert np.array_equal(fields[0], fields[1])
+            coarse = torch.from_numpy(np.random.default_rng(h).random((1, 3, 8, 8),
+                                                                      dtype=np.float32))
+            reference = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear",
+                                                        align_corners=True)
+            assert np.abs(fields[0] - reference[0].permute(1, 2, 0).numpy()).max() < 1e-6
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_object_colours_do_not_name_the_class():
