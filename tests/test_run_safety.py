@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import tiny
+from test_train import TINY, tiny
 
 from prcl.cli import main
 from prcl.engine import train
@@ -101,6 +101,32 @@ def test_a_signal_saves_the_step_reached_and_ends_in_one_line(cache, tmp_path, s
     assert load_checkpoint(run / "last.pth")["training"]["step"] == step
     assert f"--resume {run / 'last.pth'}" in err
     assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()
+
+
+def test_ctrl_c_stops_the_demos_two_runs_side_by_side_cleanly_in_one_line(cache, tmp_path):
+    """SIGINT to the demo's process group, as a terminal's Ctrl-C: both runs save their
+    step and the demo ends with the runs' one line and the shell's code for SIGINT."""
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "prcl", "demo", "--out", str(out), *TINY,
+               f"data.root={cache}", "train.epochs=500"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    runs = [out / "supervised", out / "prcl"]
+    deadline = time.monotonic() + 120
+    while not all((r / "metrics.jsonl").is_file() and '"train"' in
+                  (r / "metrics.jsonl").read_text() for r in runs):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("prcl demo: error: stopped by SIGINT after step"), err
+    assert "Traceback" not in err
+    for run in runs:
+        assert load_checkpoint(run / "last.pth")["training"]["step"] > 0
+        assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()
 
 
 def folder_dataset(root, bad=None):

@@ -9,6 +9,7 @@ from prcl.cli import main, parse_args
 from prcl.config import load_config
 from prcl.data import build_datasets
 from prcl.data.synthetic import CLASS_NAMES
+from prcl.demo import run_demo, threads_each
 from prcl.engine import Trainer, TrainingDiverged, train
 from prcl.engine import trainer as trainer_module
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,6 +51,40 @@ def cache(tmp_path_factory):
 
 def tiny(cache, out, *extra):
     return load_config("synthetic", [*TINY, f"data.root={cache}", f"train.out_dir={out}", *extra])
+
+
+def test_the_demo_side_by_side_trains_each_run_as_alone_and_prints_the_claim(cache, tmp_path,
+                                                                          capsys):
+    """Two spawned one-thread trainings at once give each method the network one run in
+    this process with one thread gives: the same mIoU to the bit."""
+    overrides = [*TINY, f"data.root={cache}"]
+    results = run_demo(tmp_path / "demo", overrides, progress=False, side_by_side=True)
+    out = capsys.readouterr().out
+    assert "training both side by side, 1 thread(s) each" in out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for method in ("supervised", "prcl"):
+            alone = train(tiny(cache, tmp_path / method, f"train.method={method}"),
+                          progress=False)
+            assert results[method].last_miou == alone.last_miou
+            assert f"{method:<10}  mIoU {alone.last_miou * 100:.1f}\n" in out
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "demo" / "demo.png").is_file()
+
+
+def test_the_demo_runs_one_after_the_other_on_a_gpu_or_one_core(monkeypatch):
+    cfg = load_config("synthetic", ["train.device=cpu"])
+    monkeypatch.setattr("prcl.demo.available_cores", lambda: 2)
+    assert threads_each(cfg) == 1 and threads_each(cfg, side_by_side=False) == 0
+    monkeypatch.setattr("prcl.demo.available_cores", lambda: 16)
+    assert threads_each(cfg) == 8
+    monkeypatch.setattr("prcl.demo.available_cores", lambda: 1)
+    assert threads_each(cfg) == 0 and threads_each(cfg, side_by_side=True) == 1
+    monkeypatch.setattr("prcl.demo.select_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("prcl.demo.available_cores", lambda: 16)
+    assert threads_each(cfg) == 0
 
 
 @pytest.mark.parametrize("method", ["supervised", "prcl"])

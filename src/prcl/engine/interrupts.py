@@ -22,6 +22,10 @@ class Interrupted(PrclError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        """Pickled whole, so that a run in another process (the demo's) raises it here."""
+        return Interrupted, (str(self), self.exit_code)
+
 
 class StopRequest:
     """Set by the first SIGINT or SIGTERM while ``catch_stop_signals`` is active; a second

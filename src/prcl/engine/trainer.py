@@ -111,18 +111,21 @@ class Trainer:
     exactly where it stopped. A new run refuses a folder that holds another run's files
     unless ``overwrite`` (then they are deleted first); see ``prcl.engine.run_folder``. Under
     torchrun, each process builds its own Trainer. ``data``: datasets built elsewhere (a
-    benchmark's) instead of those ``cfg.data`` names.
+    benchmark's) instead of those ``cfg.data`` names. ``bar_position``: the progress bar's
+    line (tqdm's ``position``), for runs shown side by side.
     """
 
     def __init__(self, cfg: Config, resume: str | Path | dict[str, Any] | None = None,
                  runtime: distributed.Runtime | None = None, progress: bool = True,
-                 overwrite: bool = False, data: DataBundle | None = None) -> None:
+                 overwrite: bool = False, data: DataBundle | None = None,
+                 bar_position: int = 0) -> None:
         state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
         self.cfg = cfg
         self.rt = runtime or distributed.setup_runtime(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic, self.rt.device)
         self.run_dir = Path(cfg.train.out_dir)
         self.progress = progress and self.rt.is_main
+        self.bar_position = bar_position
         self.overwrite = overwrite
         self.data = build_datasets(cfg.data) if data is None else data
         self.num_classes = self.data.num_classes
@@ -353,7 +356,7 @@ class Trainer:
         self._log_start()
         labelled, unlabelled = self._loaders()
         bar = tqdm(total=stop, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   desc=cfg.train.method)
+                   desc=cfg.train.method, position=self.bar_position)
         started, started_step = time.perf_counter(), self.step
         with catch_stop_signals() as stop_request:
             try:
@@ -557,12 +560,14 @@ class Trainer:
 
 
 def train(cfg: Config, resume: str | Path | dict[str, Any] | None = None,
-          progress: bool = True, overwrite: bool = False) -> TrainResult:
+          progress: bool = True, overwrite: bool = False, bar_position: int = 0) -> TrainResult:
     """Train from a config (or continue a run from its ``last.pth``); ``overwrite`` lets a
-    new run delete an old run's files in its folder. Under torchrun the process group is
-    closed at the end."""
+    new run delete an old run's files in its folder; ``bar_position`` is the progress bar's
+    line (tqdm's ``position``) for runs shown side by side. Under torchrun the process group
+    is closed at the end."""
     try:
-        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
+        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite,
+                       bar_position=bar_position).fit()
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
