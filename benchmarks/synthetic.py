@@ -15,8 +15,8 @@ near 0 is one that the run lost) and the mean and standard deviation of the fina
 method.
 With ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads. A
 run's numbers depend on its thread count (the order of floating-point sums), so compare
-tables made with the same --jobs; ``--jobs 1`` on a 2-core machine runs each with 2 threads,
-as ``make demo`` does.
+tables made with the same --jobs; on a CPU ``make demo`` trains its two runs side by side
+with half the cores each, as ``--jobs 2`` does (on a 2-core machine its numbers are seed 0's).
 """
 
 from __future__ import annotations
