@@ -86,7 +86,9 @@ def test_a_prcl_step_dispatches_a_fraction_of_the_operators_it_did(cache, tmp_pa
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_a_joint_student_pass_differs_from_two_passes_only_by_batchnorm(cache, tmp_path, mode):
     """With BatchNorm on its running statistics the joint pass computes the two passes'
-    losses; in training mode it normalises over both batches, so the losses move."""
+    losses; in training mode it normalises over both batches, so the losses move by more
+    than the rounding that eval mode allows (at initialisation the supervised loss moves by
+    only ~4e-4 of itself, below a 1e-3 tolerance on some hosts)."""
     trainer, (images_l, labels_l, images_u) = ready_trainer(cache, tmp_path)
     trainer.student.train(mode == "train")
     state = trainer.generator.get_state()
@@ -97,10 +99,11 @@ def test_a_joint_student_pass_differs_from_two_passes_only_by_batchnorm(cache, t
         trainer.generator.set_state(state)
         trainer.student.load_state_dict(weights)
         losses[student_pass] = torch.stack(trainer._losses(images_l, labels_l, images_u))
+    rounding = {"rtol": 1e-5, "atol": 1e-6}
     if mode == "eval":
-        torch.testing.assert_close(losses["joint"], losses["separate"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses["joint"], losses["separate"], **rounding)
     else:
-        assert not torch.allclose(losses["joint"][1], losses["separate"][1], rtol=1e-3)
+        assert not torch.allclose(losses["joint"][1], losses["separate"][1], **rounding)
 
 
 def snapshot(trainer):
