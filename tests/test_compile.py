@@ -1,5 +1,9 @@
-"""train.compile: torch.compile of the networks, on the CPU with the tiny config."""
+"""train.compile: torch.compile of the networks, on the CPU with the tiny config. The
+default run checks the trainer's side of it with the aot_eager backend (graph capture and
+AOT autograd, no code generation); ``-m slow`` adds Inductor, torch.compile's default, which
+compiles C++ for the CPU (~50 s here)."""
 
+import functools
 import shutil
 
 import pytest
@@ -24,8 +28,15 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")
 
 
-@pytest.mark.skipif(compiler_missing() is not None, reason=str(compiler_missing()))
-def test_a_compiled_step_computes_what_the_eager_step_does(cache, tmp_path):
+@pytest.mark.parametrize("backend", [
+    pytest.param("aot_eager", marks=pytest.mark.skipif(
+        not torch._dynamo.is_dynamo_supported(), reason="no torch.compile on this Python")),
+    pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.skipif(
+        compiler_missing() is not None, reason=str(compiler_missing()))]),
+])
+def test_a_compiled_step_computes_what_the_eager_step_does(cache, tmp_path, monkeypatch,
+                                                          backend):
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
     losses = {}
     for compiled in (False, True):
         # the baseline's step: one graph forward and one backward keep the compile short
