@@ -477,6 +477,25 @@ class NewLargeTensors(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, -1, 2]])
+def test_jitter_in_place_is_the_same_and_makes_no_image_sized_tensor(order):
+    """Colour steps into out = the images' own storage give the batch they give into a new
+    tensor, with no image-sized temporary; into another out they leave the images as they
+    were."""
+    images = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(4))
+    order = torch.tensor([order])
+    factors, hue = torch.tensor([[1.2, 0.8, 1.1]]), torch.tensor([0.2])
+    steps = unlabelled._linear_steps(order, factors)
+    expected = unlabelled._jitter(images, steps, order, hue)
+    into, kept = torch.empty_like(images), images.clone()
+    unlabelled._jitter(images, steps, order, hue, into)
+    assert torch.equal(into, expected) and torch.equal(images, kept)
+    counter = NewLargeTensors(images.numel())
+    with counter:
+        unlabelled._jitter(images, steps, order, hue, images)
+    assert torch.equal(images, expected) and counter.count == 0
+
+
 def test_strong_augment_makes_no_batch_sized_temporaries(monkeypatch):
     """One image per chunk: the crop's three outputs and the mixing mask are the only
     tensors the size of the batch's labels or larger; the three calls make nine."""

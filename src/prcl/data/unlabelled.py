@@ -473,14 +473,17 @@ def adjust_hue(images: Tensor, shift: Tensor, out: Tensor | None = None) -> Tens
     for shifts within 1/3 of a turn either way (colour jitter's are within 1/4) h needs no
     modulo. Gray pixels (chroma 0) stay as they are. Only plain arithmetic, no ``where``:
     which channel is the maximum is ceil(max - channel), exactly 0 or 1 for values in
-    [0, 1], and a CPU runs these passes several times faster than selections.
+    [0, 1], and a CPU runs these passes several times faster than selections (the maximum
+    and minimum too: two ``maximum`` passes beat one ``amax`` over the channels).
     images [N, 3, H, W] in [0, 1], shift [N] in [-1/3, 1/3] -> out [N, 3, H, W] when given
     (it may be images' storage), else a new tensor.
     """
-    high = images.amax(1, keepdim=True)
-    low = images.amin(1, keepdim=True)
-    chroma = high - low
     r, g, b = images.split(1, dim=1)
+    high = torch.maximum(r, g)
+    high = torch.maximum(high, b, out=high)
+    low = torch.minimum(r, g)
+    low = torch.minimum(low, b, out=low)
+    chroma = high - low
     red_not_max = torch.sub(high, r).ceil_()
     green_not_max = torch.sub(high, g).ceil_()
     red_max = g - b
@@ -491,9 +494,11 @@ def adjust_hue(images: Tensor, shift: Tensor, out: Tensor | None = None) -> Tens
     # h - c_k with h shifted by at most 2 sixths either way: no modulo (see above).
     centres = device_constant(_HUE_CENTRES, images.device, images.dtype, (1, 3, 1, 1))
     centres = centres - (6.0 * shift).view(-1, 1, 1, 1).to(images.dtype)  # [N, 3, 1, 1]
-    # min + chroma * clamp(t - 1, 0, 1) as (min - chroma) + chroma * clamp(t, 1, 2)
-    ramp = hue.sub(centres).abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
-    return torch.addcmul(low.sub_(chroma), ramp, chroma, out=out)
+    # min + chroma * clamp(t - 1, 0, 1) as (min - chroma) + chroma * clamp(t, 1, 2), the
+    # ramp written where the result goes (images are read no more).
+    ramp = torch.sub(hue, centres, out=out) if out is not None else hue - centres
+    ramp.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
+    return torch.addcmul(low.sub_(chroma), ramp, chroma, out=ramp)
 
 
 class LinearSteps(NamedTuple):
@@ -541,23 +546,26 @@ def _jitter(images: Tensor, linear: LinearSteps, order: Tensor, hue: Tensor,
     identity for the others: exact) with ``_linear_step``, then ``adjust_hue`` runs on the
     images whose hue shift comes there. On ``PLANNED_DEVICES`` a position none of whose
     images takes a linear step skips it, and the step is only as general as the steps
-    there need. Writes into out [N, 3, H, W] when given (images' own storage allowed);
-    never into images otherwise. Returns the jittered images."""
+    there need. Writes into out [N, 3, H, W] when given, never into images otherwise; when
+    out is images' own storage every step runs in place there. Returns the jittered
+    images."""
     n, c, h, w = images.shape
     x = images.reshape(n, c, h * w)
     planned = order.tolist() if images.device.type in PLANNED_DEVICES else None
     steps_at = [_ANY_STEP if planned is None else {row[p] for row in planned} for p in range(4)]
     last = max((p for p, steps in enumerate(steps_at) if steps), default=-1)
     target = None if out is None else out.view(n, c, h * w)
-    own = False  # whether x is _jitter's to write into (a tensor of its own, or out)
+    # Whether x is _jitter's to write into: out itself, or a tensor of its own.
+    own = target is not None and (target.data_ptr(), target.stride()) == (x.data_ptr(), x.stride())
     for position, steps in enumerate(steps_at):
-        # The last step writes into out, unless out is the storage that step reads.
+        # The last step writes into out, unless out is the storage that step reads; the
+        # others write into x when it is _jitter's own.
         writes_out = (target is not None and position == last
                       and (own or target.data_ptr() != x.data_ptr()))
-        into = target if writes_out else None
+        into = target if writes_out else (x if own else None)
         if steps & _LINEAR:
             x = _linear_step(x, LinearSteps(*(t[:, position] for t in linear)), steps, into)
-            own = True
+            own, into = True, (target if writes_out else x)
         if steps == {HUE}:  # every image shifts its hue here: no subset to pick
             shifted_into = None if into is None else into.view(n, c, h, w)
             x, own = adjust_hue(x.view(n, c, h, w), hue, shifted_into).view(n, c, h * w), True
@@ -565,7 +573,8 @@ def _jitter(images: Tensor, linear: LinearSteps, order: Tensor, hue: Tensor,
         shifted = (order[:, position] == HUE).nonzero().squeeze(1) if HUE in steps else None
         if shifted is not None and shifted.numel():  # index_select/index_copy: faster than
             shaped = x.view(n, c, h, w)                # x[shifted] = ...
-            moved = adjust_hue(shaped.index_select(0, shifted), hue[shifted])
+            picked = shaped.index_select(0, shifted)
+            moved = adjust_hue(picked, hue[shifted], picked)
             copy = shaped.index_copy_ if own else shaped.index_copy
             x, own = copy(0, shifted, moved).view(n, c, h * w), True
     if target is not None and x.data_ptr() != target.data_ptr():
@@ -578,7 +587,7 @@ def _linear_step(x: Tensor, step: LinearSteps, steps: frozenset[int] | set[int],
                  out: Tensor | None = None) -> Tensor:
     """One position of ``_jitter``: clamp(scale x + to_gray . x + to_mean_gray . mean(x), 0,
     1) per image, x [N, 3, P], step: ``LinearSteps`` at this position (scale [N, 1, 1],
-    to_gray and to_mean_gray [N, 1, 3]), into out [N, 3, P] (not x's storage) or a new
+    to_gray and to_mean_gray [N, 1, 3]), into out [N, 3, P] (x itself allowed) or a new
     tensor. ``steps`` says which steps the images take here: the gray is only needed with
     saturation, the channel means only with contrast."""
     gray = None  # [N, 1, P] or [N, 1, 1], the same in every channel
@@ -589,6 +598,9 @@ def _linear_step(x: Tensor, step: LinearSteps, steps: frozenset[int] | set[int],
         gray = mean_gray if gray is None else gray.add_(mean_gray)
     if gray is None:
         return torch.mul(x, step.scale, out=out).clamp_(0.0, 1.0)
+    # A contrast's gray [N, 1, 1] is spread over the pixels first: addcmul with two operands
+    # broadcast along the pixels runs a CPU's scalar loop, four times slower.
+    gray = gray.expand(-1, -1, x.shape[-1]).contiguous()
     return torch.addcmul(gray, x, step.scale, out=out).clamp_(0.0, 1.0)
 
 
@@ -794,10 +806,12 @@ def strong_augment(
         masks = _paste_masks(mask[part], cropped[0], cropped[2])
         partners_of = [_partner_rows(x, part, partner, first, which)
                        for which, x in enumerate(cropped)]
-        _photometric_into(_paste(masks[0], cropped[0][part], partners_of[0]), draws, part,
-                          cropped[0][part])
-        # Labels and confidence straight into place, unless the partners are rows of the chunk.
+        # Mixed straight into place, unless the partners are rows of the chunk; the colour
+        # steps then run in place too.
         overlap = partner is None and part.stop - part.start > 1
+        images = cropped[0][part]
+        mixed = _paste(masks[0], images, partners_of[0], out=None if overlap else images)
+        _photometric_into(mixed, draws, part, images)
         for k, x, p in zip(masks[1:], cropped[1:], partners_of[1:], strict=True):
             if overlap:
                 x[part].copy_(_paste(k, x[part], p))
