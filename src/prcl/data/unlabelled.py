@@ -565,7 +565,7 @@ def _jitter(images: Tensor, linear: LinearSteps, order: Tensor, hue: Tensor,
         into = target if writes_out else (x if own else None)
         if steps & _LINEAR:
             x = _linear_step(x, LinearSteps(*(t[:, position] for t in linear)), steps, into)
-            own, into = True, (target if writes_out else x)
+            own, into = True, x  # x is out itself when this step wrote out
         if steps == {HUE}:  # every image shifts its hue here: no subset to pick
             shifted_into = None if into is None else into.view(n, c, h, w)
             x, own = adjust_hue(x.view(n, c, h, w), hue, shifted_into).view(n, c, h * w), True
@@ -779,9 +779,10 @@ def strong_augment(
     three calls, so the same batch; ``partners`` (several processes) maps the cropped batch
     to each image's mixing partner, as ``mix``'s ``partner``.
 
-    After the crop, each chunk (``_chunks``) is mixed into a chunk-sized temporary that the
-    colour steps read and write back over the crop's own storage (labels and confidence
-    are mixed in place), so the only batch-sized tensors are the crop's three outputs and
+    After the crop, each chunk (``_chunks``) is mixed straight into the crop's own storage,
+    where the colour steps then run in place (when the chunk's partners are rows of the
+    chunk itself, its images are mixed into a chunk-sized temporary that the colour steps
+    read and write back), so the only batch-sized tensors are the crop's three outputs and
     the mixing mask: on the CPU every further batch-sized tensor costs a page fault per
     4 KiB and a pass through memory rather than cache. The crop's image 0 is kept aside
     first, since image B - 1 mixes with it after it has been written.
