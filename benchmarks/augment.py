@@ -28,7 +28,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
 from prcl.data import IGNORE_INDEX, mix, photometric, random_scale_crop, strong_augment
-from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 SCALE_RANGE = (0.5, 1.5)
 
@@ -180,9 +180,9 @@ def measure(batch: int, size: int, seeds: int, repeats: int, stages: bool = Fals
         torch.manual_seed(seed)
         authors_pipeline(normalised, labels, confidence, size, jitter)
 
-    normalised = TF.normalize(images, IMAGENET_MEAN, IMAGENET_STD)
     runs = {"batched": batched, "pil": pil}
     if authors:
+        normalised = normalize(images)  # the authors' route starts from normalised images
         runs["authors"] = authors_route
     if stages:
         runs.update(stage_runs(images, labels, confidence, size, seeds))
