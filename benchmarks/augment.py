@@ -1,4 +1,5 @@
-"""Images/s of the batched unlabelled pipeline against a per-image PIL pipeline (METHOD.md 7.3-7.5).
+"""Images/s of the batched unlabelled pipeline against a per-image PIL pipeline
+(docs/method.md 7.3-7.5).
 
 Both pipelines do the same work on the same batch: random scale, pad, crop and horizontal
 flip (p 0.5) of image, pseudo-label and confidence; classmix with the next image of the batch;

@@ -2,7 +2,7 @@
 the same outputs: their module names and structure (``resnet_*``, ``ASPP``, ``project``,
 ``classifier``, ``representation``; the separate ``Uncertainty_head``), their way of dilating
 ResNet-101 (stride -> dilation on conv attributes), and their per-pixel linear layers written
-with permutes. Written from METHOD.md section 2 and the authors' public description."""
+with permutes. Written from docs/method.md section 2 and the authors' public description."""
 
 from __future__ import annotations
 

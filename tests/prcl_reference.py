@@ -1,4 +1,4 @@
-"""A straightforward loop implementation of the PRCL loss (METHOD.md sections 4-6).
+"""A straightforward loop implementation of the PRCL loss (docs/method.md sections 4-6).
 
 The yardstick for ``prcl.losses.PRCLLoss``: written the way the method reads, one class at
 a time, a Python loop over queries x classes for the negative counts, the ``[Q, 1 + K, D]``

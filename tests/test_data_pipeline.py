@@ -1,4 +1,4 @@
-"""The batched unlabelled pipeline and the per-sample transforms (METHOD.md 7.3-7.5)."""
+"""The batched unlabelled pipeline and the per-sample transforms (docs/method.md 7.3-7.5)."""
 
 import numpy as np
 import pytest

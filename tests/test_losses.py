@@ -1,4 +1,4 @@
-"""MLS, distribution prototypes and the pseudo-label loss (METHOD.md sections 3, 4, 7.7)."""
+"""MLS, distribution prototypes and the pseudo-label loss (docs/method.md sections 3, 4, 7.7)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PRCL's 2024 extension (METHOD.md section 8): global distribution prototypes (GDP) and
+"""PRCL's 2024 extension (docs/method.md section 8): global distribution prototypes (GDP) and
 virtual negatives (VN), against hand values, the batch prototypes and their distributions."""
 
 import math

@@ -1,4 +1,5 @@
-"""The vectorised PRCL loss (METHOD.md sections 5-6) against hand values and the loop version."""
+"""The vectorised PRCL loss (docs/method.md sections 5-6) against hand values and the loop
+version."""
 
 import functools
 import math

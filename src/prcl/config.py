@@ -78,13 +78,13 @@ class DataConfig:
     """classmix | cutmix | cutout | none"""
     mix_across_ranks: bool = True
     """With several processes, pair images for mixing within the batch gathered from all of
-    them (METHOD.md section 9); false pairs them within each process's own batch."""
+    them (docs/method.md section 9); false pairs them within each process's own batch."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
 class LossConfig:
-    """Thresholds and sampling of METHOD.md sections 5-7."""
+    """Thresholds and sampling of docs/method.md sections 5-7."""
 
     weak_threshold: float = 0.7
     strong_threshold: float = 0.8

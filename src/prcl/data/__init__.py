@@ -1,4 +1,4 @@
-"""Datasets, splits and both augmentation pipelines (METHOD.md sections 1, 7.3-7.5, 9).
+"""Datasets, splits and both augmentation pipelines (docs/method.md sections 1, 7.3-7.5, 9).
 
 Images are float32 in [0, 1] ([3, H, W] per sample, [B, 3, H, W] batched), labels int64
 ([H, W] / [B, H, W]) with 255 = ignore, confidence float32 in [0, 1].

@@ -1,4 +1,4 @@
-"""From a ``DataConfig`` to the three datasets the trainer reads (METHOD.md 1 and 7).
+"""From a ``DataConfig`` to the three datasets the trainer reads (docs/method.md 1 and 7).
 
 ``resolve`` finds the files, reads or generates the split and lists every problem;
 ``build_datasets`` refuses a dataset with any problem and wraps the rest in Datasets.
@@ -155,7 +155,7 @@ def build_val_dataset(cfg: DataConfig) -> tuple[LabelledDataset, list[str]]:
 
 
 def build_datasets(cfg: DataConfig) -> DataBundle:
-    """The labelled, unlabelled and validation datasets of cfg (METHOD.md 1, 7.5).
+    """The labelled, unlabelled and validation datasets of cfg (docs/method.md 1, 7.5).
 
     Raises DataError listing every problem found (missing folders or files, a split that does
     not fit the data, files that cannot be opened, masks whose size is not their image's);

@@ -1,4 +1,4 @@
-"""Cityscapes on disk, labelIds mapped to the 19 train ids (METHOD.md 1 and 9).
+"""Cityscapes on disk, labelIds mapped to the 19 train ids (docs/method.md 1 and 9).
 
 Images: ``<root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png``; an image's
 id is its file name without ``.png`` (as in the authors' split lists). Labels, first found:

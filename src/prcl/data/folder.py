@@ -1,4 +1,4 @@
-"""Your own data: a folder of images, index masks and a class-names file (METHOD.md 1).
+"""Your own data: a folder of images, index masks and a class-names file (docs/method.md 1).
 
 Layout (``data.root``)::
 

@@ -1,4 +1,4 @@
-"""Reading images and label masks from disk, with errors that name the file (METHOD.md 1).
+"""Reading images and label masks from disk, with errors that name the file (docs/method.md 1).
 
 Images become float32 tensors in [0, 1], [3, H, W]. Masks are read as class indices: a
 grayscale ('L') or palette ('P') PNG gives its stored indices directly; 255 is ignore.

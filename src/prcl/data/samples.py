@@ -1,4 +1,4 @@
-"""One image with its mask, and the torch Datasets built from lists of them (METHOD.md 1).
+"""One image with its mask, and the torch Datasets built from lists of them (docs/method.md 1).
 
 A ``Sample`` names the files of one image: its RGB image, its label mask (``None`` for an image
 that is only ever used unlabelled) and, where the stored values are not class indices

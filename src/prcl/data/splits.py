@@ -1,4 +1,4 @@
-"""Labelled / unlabelled / validation split lists in the authors' layout (METHOD.md 1).
+"""Labelled / unlabelled / validation split lists in the authors' layout (docs/method.md 1).
 
     <split_dir>/<num_labels>/<seed>/labeled_filename.txt     ids of the labelled images
     <split_dir>/<num_labels>/<seed>/unlabeled_filename.txt   ids of the unlabelled images

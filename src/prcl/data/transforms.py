@@ -1,6 +1,6 @@
 """Per-sample transforms for DataLoader workers, and the network's input normalisation.
 
-The labelled pipeline (METHOD.md 7.5 applied to labelled images, as in the authors' code) and
+The labelled pipeline (docs/method.md 7.5 applied to labelled images, as in the authors' code) and
 the unlabelled crop reuse the batched functions of ``prcl.data.unlabelled`` on a batch of one,
 so each augmentation is written once. Randomness comes from torch's global generator, which
 the DataLoader seeds differently in every worker and epoch.
@@ -43,7 +43,8 @@ def denormalize(images: Tensor) -> Tensor:
 
 
 class LabelledTransform:
-    """Random scale, pad, crop, colour jitter, blur and flip of one labelled pair (METHOD 7.5).
+    """Random scale, pad, crop, colour jitter, blur and flip of one labelled pair
+    (docs/method.md 7.5).
 
     (image [3, H, W], label [H, W]) -> (image [3, crop, crop], label [crop, crop]); padding is
     reflected in the image and 255 in the label.
@@ -66,7 +67,7 @@ class RandomCrop:
     """Random scale (default none), reflection pad and crop of one unlabelled image.
 
     image [3, H, W] -> [3, crop, crop]: geometry only, so that the teacher sees the image as
-    it is; the random scale of METHOD 7.3 comes later, on the batch.
+    it is; the random scale of docs/method.md 7.3 comes later, on the batch.
     """
 
     def __init__(self, crop_size: int, scale_range: tuple[float, float] = (1.0, 1.0)) -> None:

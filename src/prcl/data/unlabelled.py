@@ -1,4 +1,4 @@
-"""The batched unlabelled pipeline of METHOD.md 7.3-7.5, on tensors, on any device.
+"""The batched unlabelled pipeline of docs/method.md 7.3-7.5, on tensors, on any device.
 
 Every function takes a batch and draws one set of random choices per image from an optional
 ``torch.Generator`` living on the batch's device, so the same generator state gives the same
@@ -236,7 +236,7 @@ def geometry_draws(
     images: Tensor, crop_size: int, scale_range: tuple[float, float],
     generator: torch.Generator | None = None, hflip: bool = False,
 ) -> Geometry:
-    """random_scale_crop's random choices (METHOD 7.3) for images [B, 3, H, W]: per image
+    """random_scale_crop's random choices (docs/method.md 7.3) for images [B, 3, H, W]: per image
     the scale s ~ U(scale_range), the scaled size floor(s * H) x floor(s * W) (at least 1),
     the crop's top and left corner uniform over the padded scaled image, and with hflip a
     fair coin."""
@@ -254,7 +254,7 @@ def geometry_draws(
 
 def scale_crop(images: Tensor, labels: Tensor, confidence: Tensor, crop_size: int,
                geometry: Geometry) -> Batch:
-    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it; METHOD 7.3 and the
+    """Apply one ``Geometry`` per image (``random_scale_crop`` draws it; docs/method.md 7.3 and the
     flip of 7.5), on the device.
 
     For each axis the crop's pixels are mapped to pixels of the scaled image (reflected back
@@ -306,8 +306,8 @@ def random_scale_crop(
     generator: torch.Generator | None = None,
     hflip: bool = False,
 ) -> Batch:
-    """Random scale, pad to the crop size and random crop, one transform per image (METHOD 7.3),
-    and with ``hflip`` the horizontal flip of 7.5 (p 0.5 per image).
+    """Random scale, pad to the crop size and random crop, one transform per image
+    (docs/method.md 7.3), and with ``hflip`` the horizontal flip of 7.5 (p 0.5 per image).
 
     Each image is rescaled by s ~ U(scale_range) to floor(s * H) x floor(s * W) (the image
     bilinear, antialiased when shrinking, as PIL's resize; label and confidence nearest),
@@ -317,7 +317,7 @@ def random_scale_crop(
     (``geometry_draws``, then ``scale_crop``). The flip only reverses the crop's column
     order, so it costs nothing.
 
-    METHOD 7.5 flips after mixing; flipping here instead is the same flip per image, except
+    docs/method.md 7.5 flips after mixing; flipping here instead is the same flip per image, except
     that the pixels an image takes from its mixing partner carry the partner's coin rather
     than its own (both are fair coins, independent of the pixels).
 
@@ -332,7 +332,7 @@ def random_scale_crop(
 
 
 def classmix_mask(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Pixels of a random half (floor) of each image's classes (METHOD 7.4, ClassMix).
+    """Pixels of a random half (floor) of each image's classes (docs/method.md 7.4, ClassMix).
 
     labels [B, H, W] (255 is not a class) -> keep [B, H, W] bool: True where the pixel's class
     is one of the floor(n_i / 2) classes drawn for image i out of its n_i present classes.
@@ -355,7 +355,8 @@ def box_mask(
     batch: int, height: int, width: int, device: torch.device,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """A random rectangle of about half the image area per image (METHOD 7.4, CutMix/CutOut).
+    """A random rectangle of about half the image area per image (docs/method.md 7.4,
+    CutMix/CutOut).
 
     Width w ~ U{floor(W/2)+1, ..., W-1} (W when W < 3), height round(H*W / 2 / w), placed
     uniformly inside the image. Returns [B, H, W] bool, True inside the rectangle.
@@ -375,7 +376,7 @@ def box_mask(
 
 
 def mix_mask(labels: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor | None:
-    """mix's random choice for labels [B, H, W] (METHOD 7.4): [B, H, W] bool, True where
+    """mix's random choice for labels [B, H, W] (docs/method.md 7.4): [B, H, W] bool, True where
     image i keeps its own pixel (classmix, cutmix) or where it is cut out (cutout); None for
     none. The draws are those ``mix`` makes."""
     if mode not in MIX_MODES:
@@ -396,7 +397,7 @@ def mix(
     generator: torch.Generator | None = None,
     partner: Batch | None = None,
 ) -> Batch:
-    """Mix each image with a partner image (METHOD 7.4).
+    """Mix each image with a partner image (docs/method.md 7.4).
 
     classmix: image i keeps the pixels of a random half (floor) of its pseudo-classes and takes
     the rest from its partner; cutmix: a random rectangle of half the area comes from the
@@ -418,7 +419,7 @@ def mix(
 
 
 def _cut_out_(images: Tensor, labels: Tensor, confidence: Tensor, cut: Tensor) -> Batch:
-    """Cutout (METHOD 7.4) written into its inputs: images 0, labels 255 and confidence 0
+    """Cutout (docs/method.md 7.4) written into its inputs: images 0, labels 255 and confidence 0
     where cut [B, H, W]."""
     images.masked_fill_(cut[:, None], 0.0)
     labels.masked_fill_(cut, IGNORE_INDEX)
@@ -511,7 +512,7 @@ class LinearSteps(NamedTuple):
     (a blend with the pixel's gray); contrast: scale f and to_mean_gray = (1 - f) luma (a
     blend with the image's mean gray); HUE and -1: the identity (scale 1). scale [B, 4, 1, 1],
     to_gray and to_mean_gray [B, 4, 1, 3], shaped to broadcast over [B, 3, pixels] at each
-    position (METHOD 7.5)."""
+    position (docs/method.md 7.5)."""
 
     scale: Tensor
     to_gray: Tensor
@@ -615,7 +616,7 @@ def _jitter_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Ba
 
 
 def color_jitter(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Colour jitter with probability 0.8 per image (METHOD 7.5), as torchvision's
+    """Colour jitter with probability 0.8 per image (docs/method.md 7.5), as torchvision's
     ``ColorJitter(0.25, 0.25, 0.25, 0.25)`` jitters each image in the authors' code:
     brightness, contrast and saturation factors ~ U[0.75, 1.25] and a hue shift ~ U[-0.25,
     0.25] of a turn in HSV, the four in a random order drawn per image (``jitter_in_order``).
@@ -651,7 +652,7 @@ def _blur_draws(b: int, like: Tensor, generator: torch.Generator | None) -> Batc
 
 
 def gaussian_blur(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Gaussian blur with probability 0.5 per image, sigma ~ U[0.15, 1.15] (METHOD 7.5).
+    """Gaussian blur with probability 0.5 per image, sigma ~ U[0.15, 1.15] (docs/method.md 7.5).
 
     The chosen images go through a separable Gaussian (kernel radius ceil(3 * 1.15) = 4,
     reflection padding, ``_blur_``); the others are untouched.
@@ -685,7 +686,8 @@ def _blur_dim1(planes: Tensor, chosen: Tensor, kernels: Tensor, taps: Tensor) ->
 
 def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
            taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Blur (METHOD 7.5) images [B, 3, H, W] where apply [B] with kernels [B, 2 * radius + 1]
+    """Blur (docs/method.md 7.5) images [B, 3, H, W] where apply [B] with kernels
+    [B, 2 * radius + 1]
     (``_blur_kernels``), writing into images: along H (``_blur_dim1``), then along W as
     along H of the transpose, clamped to [0, 1]. taps: ``_reflected_taps`` for H and W
     (computed here unless given). An image smaller than the kernel along an axis uses the
@@ -710,7 +712,7 @@ def _blur_(images: Tensor, apply: Tensor, kernels: Tensor,
 
 
 class PhotometricDraws(NamedTuple):
-    """photometric's random choices for a batch, made once (METHOD 7.5): the colour steps of
+    """photometric's random choices for a batch, made once (docs/method.md 7.5): the colour steps of
     ``_linear_steps`` (``LinearSteps``), each image's order of steps
     (order [B, 4], ``_jitter_draws``) and hue shift (hue [B]), which images are blurred
     (blurred [B] bool) with which kernel (kernels [B, 2 * BLUR_RADIUS + 1]), and the
@@ -746,7 +748,7 @@ def _photometric_into(images: Tensor, draws: PhotometricDraws, part: slice, out:
 
 
 def photometric(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The colour part of METHOD 7.5's strong augmentation: colour jitter (p 0.8), then blur
+    """The colour part of docs/method.md 7.5's strong augmentation: colour jitter (p 0.8), then blur
     (p 0.5). The flip of 7.5 is drawn with the geometry (``random_scale_crop(hflip=True)``).
     All random choices, colour steps and blur kernels are made for the batch first
     (``_photometric_draws``), then the steps run chunk by chunk (``_chunks``), each chunk's
@@ -774,10 +776,10 @@ def strong_augment(
     generator: torch.Generator | None = None,
     partners: Callable[[Tensor, Tensor, Tensor], Batch] | None = None,
 ) -> Batch:
-    """The unlabelled batch's whole pipeline (METHOD 7.3-7.5): ``random_scale_crop`` with the
-    flip, ``mix`` and ``photometric``, with the same random draws in the same order as those
-    three calls, so the same batch; ``partners`` (several processes) maps the cropped batch
-    to each image's mixing partner, as ``mix``'s ``partner``.
+    """The unlabelled batch's whole pipeline (docs/method.md 7.3-7.5): ``random_scale_crop``
+    with the flip, ``mix`` and ``photometric``, with the same random draws in the same order as
+    those three calls, so the same batch; ``partners`` (several processes) maps the cropped
+    batch to each image's mixing partner, as ``mix``'s ``partner``.
 
     After the crop, each chunk (``_chunks``) is mixed straight into the crop's own storage,
     where the colour steps then run in place (when the chunk's partners are rows of the

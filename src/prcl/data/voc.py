@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 (augmented) on disk, and its colour palette (METHOD.md 1).
+"""Pascal VOC 2012 (augmented) on disk, and its colour palette (docs/method.md 1).
 
 Layout (``data.root`` is the VOC2012 folder)::
 

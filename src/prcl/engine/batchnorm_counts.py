@@ -1,4 +1,4 @@
-"""BatchNorm's batch counters, counted in Python during a step (METHOD.md section 7).
+"""BatchNorm's batch counters, counted in Python during a step (docs/method.md section 7).
 
 Every BatchNorm layer adds 1 to its ``num_batches_tracked`` on each forward pass in training
 mode: one tiny kernel per layer and pass (about 300 per PRCL step of a ResNet-101, two

@@ -57,7 +57,7 @@ def setup_runtime(device: str = "auto") -> Runtime:
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """Sum ``tensor`` over every rank (in place) and return it; the PRCL loss passes its
-    per-class sums through this so prototypes see every rank's pixels (METHOD.md 4)."""
+    per-class sums through this so prototypes see every rank's pixels (docs/method.md 4)."""
     dist.all_reduce(tensor)
     return tensor
 
@@ -87,7 +87,7 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def gathered_partners(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """For class-mix across ranks (METHOD.md section 9): gather every rank's batch, number
+    """For class-mix across ranks (docs/method.md section 9): gather every rank's batch, number
     the images globally (rank r holds r*B ... r*B + B - 1), and return for each local image i
     the image (r*B + i + 1) mod (W*B) of the gathered batch, with its label and confidence.
     The authors index the gathered batch modulo the per-GPU batch, so most partners come from

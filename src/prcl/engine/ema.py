@@ -1,4 +1,4 @@
-"""The mean teacher (METHOD.md section 7.1)."""
+"""The mean teacher (docs/method.md section 7.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The non-finite guard, decided on the device (METHOD.md section 7, the optimiser side).
+"""The non-finite guard, decided on the device (docs/method.md section 7, the optimiser side).
 
 A step whose loss is not finite (or above ``MAX_LOSS``) or whose gradients are not finite
 is skipped: the parameters, the momentum buffers and the teacher stay exactly as they were.

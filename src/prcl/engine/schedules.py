@@ -1,4 +1,4 @@
-"""Schedules of METHOD.md sections 7.8-7.9: the ramp-down of lambda_c and the poly lr."""
+"""Schedules of docs/method.md sections 7.8-7.9: the ramp-down of lambda_c and the poly lr."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def ramp_down(epoch: int, max_value: float, min_value: float, ramp_mult: float,
 def poly_lr(optimizer: Optimizer, total_steps: int, power: float = 0.9,
             min_lr: float = 1e-6, lr_warmup_steps: int = 0) -> LambdaLR:
     """lr_t = max(lr_0 * w_t * (1 - t / total_steps)^power, min_lr) for each parameter group,
-    stepped once per optimiser step (METHOD.md 7.9). w_t = min(1, (t + 1) / lr_warmup_steps) is
+    stepped once per optimiser step (docs/method.md 7.9). w_t = min(1, (t + 1) / lr_warmup_steps) is
     a linear warm-up (1 throughout without one, the authors' schedule)."""
     base = [group["lr"] for group in optimizer.param_groups]
 

@@ -1,4 +1,4 @@
-"""The losses of one training step (METHOD.md section 7), top to bottom like the method.
+"""The losses of one training step (docs/method.md section 7), top to bottom like the method.
 
 ``prcl_step_losses`` is the semi-supervised step: the teacher's pseudo-labels, the batched
 unlabelled pipeline, the student on both batches, and the three losses. ``supervised_step_
@@ -38,7 +38,7 @@ def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 @torch.no_grad()
 def teacher_pseudo_labels(teacher: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
-    """METHOD.md 7.2: the teacher predicts the raw unlabelled batch [B, 3, H, W]; at image
+    """docs/method.md 7.2: the teacher predicts the raw unlabelled batch [B, 3, H, W]; at image
     size, the softmax's argmax is the pseudo-label [B, H, W] and its max the confidence."""
     logits = teacher(normalize(images), representation=False).logits
     confidence, pseudo_labels = upsample(logits.float(), images.shape[-2:]).softmax(1).max(1)
@@ -50,7 +50,7 @@ def contrastive_labels(
     labels: Tensor, pseudo_labels: Tensor, confidence: Tensor, weak_threshold: float,
     size: tuple[int, int],
 ) -> Tensor:
-    """METHOD.md section 5, which pixels take part, at the representation's resolution:
+    """docs/method.md section 5, which pixels take part, at the representation's resolution:
     labelled pixels whose ground truth is not ignored, unlabelled pixels whose pseudo-label
     confidence is >= weak_threshold; labels brought down by nearest neighbour.
 
@@ -66,7 +66,7 @@ def contrastive_labels(
 def student_outputs(
     student: nn.Module, images_l: Tensor, images_u: Tensor, student_pass: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """METHOD.md 7.2 step 6: the student on the labelled batch images_l [B_l, 3, H, W] and
+    """docs/method.md 7.2 step 6: the student on the labelled batch images_l [B_l, 3, H, W] and
     the augmented unlabelled batch images_u [B_u, 3, H, W] -> logits, mu and var, each
     [B_l + B_u, ., h, w], the labelled images first.
 
@@ -101,7 +101,7 @@ def prcl_step_losses(
     autocast: AbstractContextManager,
     partners: Partners | None = None,
 ) -> StepLosses:
-    """One semi-supervised step's losses (METHOD.md 7.2-7.7).
+    """One semi-supervised step's losses (docs/method.md 7.2-7.7).
 
     images_l [B_l, 3, H, W] and labels_l [B_l, H, W]: the labelled batch after its pipeline;
     images_u [B_u, 3, H, W]: the raw unlabelled batch. ``partners`` (several processes) maps
@@ -145,7 +145,7 @@ def supervised_step_losses(
 
 
 def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """METHOD.md 7.7's supervised loss: cross-entropy of logits [B, C, h, w], brought to the
+    """docs/method.md 7.7's supervised loss: cross-entropy of logits [B, C, h, w], brought to the
     size of labels [B, H, W], over the labelled pixels (255 ignored)."""
     logits = upsample(logits.float(), labels.shape[-2:])
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)

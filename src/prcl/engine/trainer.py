@@ -1,4 +1,4 @@
-"""The mean-teacher PRCL trainer (METHOD.md section 7): set-up, the optimiser step, periodic
+"""The mean-teacher PRCL trainer (docs/method.md section 7): set-up, the optimiser step, periodic
 evaluation, checkpoints, resume, the non-finite guard and logging.
 
 Data flows one way: datasets -> endless loaders -> ``train_step`` (losses from
@@ -244,7 +244,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- the step
     def lambda_c(self) -> float:
-        """lambda_c for the current epoch (METHOD.md 7.8)."""
+        """lambda_c for the current epoch (docs/method.md 7.8)."""
         r = self.cfg.ramp
         epoch = self.step // self.cfg.train.steps_per_epoch
         return ramp_down(epoch, r.max_value, r.min_value, r.ramp_mult, r.max_epoch)

@@ -1,6 +1,6 @@
 """Full-resolution inference: the whole image (VOC) or a sliding window (Cityscapes).
 
-The authors evaluate a random 321x321 crop of each validation image (METHOD.md section 9);
+The authors evaluate a random 321x321 crop of each validation image (docs/method.md section 9);
 here every pixel of every validation image is predicted.
 """
 

@@ -1,4 +1,4 @@
-"""Mean IoU from one confusion matrix over the whole validation set (METHOD.md section 1)."""
+"""Mean IoU from one confusion matrix over the whole validation set (docs/method.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses of PRCL (METHOD.md sections 3-8): one paper idea per function.
+"""Losses of PRCL (docs/method.md sections 3-8): one paper idea per function.
 
 - ``mutual_likelihood_score``: similarity of two probabilistic representations (section 3).
 - ``distribution_prototypes``: precision-weighted class prototypes (section 4, Eq. 7-8).

@@ -1,6 +1,6 @@
 """Per-anchor cross-entropy over MLS logits, without the ``[R, 1 + K, D]`` tensor.
 
-METHOD.md section 6, step 4: every anchor r is scored against its positive and its K
+docs/method.md section 6, step 4: every anchor r is scored against its positive and its K
 negatives, ``logits = MLS(anchor, [positive, negatives]) / temperature``, and
 ``loss_r = CE(logits_r, target 0)``; the MLS of extra negatives (the virtual negatives of
 section 8, ``[R, V]``) may join the same softmax. Materialising the pairs costs

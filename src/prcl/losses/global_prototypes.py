@@ -1,4 +1,4 @@
-"""Global distribution prototypes (GDP), from PRCL's 2024 extension (METHOD.md section 8).
+"""Global distribution prototypes (GDP), from PRCL's 2024 extension (docs/method.md section 8).
 
 A class's prototype gathers the probabilistic representations of the whole run instead of
 one batch: every step's packed precision-weighted sums (``class_sufficient_statistics``,

@@ -1,4 +1,4 @@
-"""Mutual likelihood score between probabilistic representations (METHOD.md section 3)."""
+"""Mutual likelihood score between probabilistic representations (docs/method.md section 3)."""
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ def mls_normalised(
 def mutual_likelihood_score(
     mu_a: torch.Tensor, mu_b: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor
 ) -> torch.Tensor:
-    """Mutual likelihood score MLS(a, b) of two diagonal Gaussians (METHOD.md section 3).
+    """Mutual likelihood score MLS(a, b) of two diagonal Gaussians (docs/method.md section 3).
 
     ``MLS(a, b) = -1/2 * mean_d[(mû_a,d - mû_b,d)^2 / (s_a,d + s_b,d) + log(s_a,d + s_b,d)]``
     with ``mû = mu / ||mu||_2`` over the feature dimension and ``s = sigma^2``, a mean over the

@@ -1,4 +1,4 @@
-"""The PRCL loss: probabilistic representation contrastive learning (METHOD.md sections 5-6),
+"""The PRCL loss: probabilistic representation contrastive learning (docs/method.md sections 5-6),
 with the 2024 extension's global prototypes and virtual negatives as options (section 8).
 
 Vectorised over classes, queries and negatives: the anchors and negatives of every class are
@@ -20,7 +20,7 @@ PROTOTYPES = ("batch", "global")
 
 
 class PRCLLoss(nn.Module):
-    """Probabilistic representation contrastive loss (METHOD.md sections 5-6; no parameters).
+    """Probabilistic representation contrastive loss (docs/method.md sections 5-6; no parameters).
 
     For every counted class c (>= 1 valid pixel in this call's ``labels``) that has anchors
     (valid pixels of c with ``probs[:, c] < strong_threshold``): draw ``num_queries`` anchors
@@ -33,7 +33,7 @@ class PRCLLoss(nn.Module):
     the anchors' mu and var only. With fewer than two counted classes (or no anchor) the loss
     is ``0 * (mu.sum() + var.sum())``, a zero that keeps every parameter in the graph.
 
-    The 2024 extension (METHOD.md section 8), off by default: ``prototypes="global"`` takes
+    The 2024 extension (docs/method.md section 8), off by default: ``prototypes="global"`` takes
     the positive and the negative-class weights from the global distribution prototypes
     (``global_distribution_prototypes``, forgetting factor ``gdp_forgetting``, this call's
     batch folded in) instead of the batch's; ``virtual_negatives=K > 0`` adds, for every
@@ -105,7 +105,7 @@ class PRCLLoss(nn.Module):
             return self._loss(mu.float(), var.float(), labels, probs.float(), generator)
 
     def _loss(self, mu, var, labels, probs, generator):
-        """``forward`` in float32; the steps follow METHOD.md sections 5, 4 and 6.1-6.4."""
+        """``forward`` in float32; the steps follow docs/method.md sections 5, 4 and 6.1-6.4."""
         num_classes = probs.shape[1]
         valid, anchors = participating_pixels(labels, probs, self.strong_threshold)
         mu_pix, var_pix = mu.flatten(2).transpose(1, 2), var.flatten(2).transpose(1, 2)

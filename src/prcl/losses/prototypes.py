@@ -1,4 +1,4 @@
-"""Distribution prototypes: the product of a class's pixel Gaussians (METHOD.md section 4)."""
+"""Distribution prototypes: the product of a class's pixel Gaussians (docs/method.md section 4)."""
 
 from collections.abc import Callable
 
@@ -51,7 +51,7 @@ def distribution_prototypes(
     num_classes: int,
     reduce_sum: ReduceSum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distribution prototype of every class (METHOD.md section 4, paper Eq. 7-8).
+    """Distribution prototype of every class (docs/method.md section 4, paper Eq. 7-8).
 
     ``s_c = 1 / sum_{i in V_c} 1/s_i`` and ``mu_c = s_c * sum_{i in V_c} mu_i / s_i`` per
     dimension: the precision-weighted product of the class's pixel Gaussians. No gradient.

@@ -1,4 +1,4 @@
-"""Unsupervised loss on the teacher's pseudo-labels (METHOD.md section 7.7)."""
+"""Unsupervised loss on the teacher's pseudo-labels (docs/method.md section 7.7)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Which pixels take part, and batched sampling for the PRCL loss (METHOD.md 5, 6.1-6.2).
+"""Which pixels take part, and batched sampling for the PRCL loss (docs/method.md 5, 6.1-6.2).
 
 Pixels are grouped by class (``ClassSegments``); uniform draws with replacement from many
 classes at once are ``offset + floor(u * count)`` into those groups, one ``torch.rand`` call
@@ -28,7 +28,7 @@ def negative_class_probs(
     counted: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Prototype-guided negative classes (METHOD.md section 6, step 2).
+    """Prototype-guided negative classes (docs/method.md section 6, step 2).
 
     Row a is ``softmax_k(MLS(proto_c, proto_k) / temperature)`` over the counted classes
     ``k != c`` for ``c = anchor_classes[a]`` (probability 0 at ``k = c``).
@@ -80,7 +80,7 @@ class ClassSegments(NamedTuple):
 def participating_pixels(
     labels: torch.Tensor, probs: torch.Tensor, strong_threshold: float
 ) -> tuple[ClassSegments, ClassSegments]:
-    """Valid pixels and hard anchors, grouped by class (METHOD.md section 5).
+    """Valid pixels and hard anchors, grouped by class (docs/method.md section 5).
 
     Args:
         labels: ``[B, h, w]`` class of each participating (valid) pixel, -1 elsewhere.
@@ -106,7 +106,7 @@ def virtual_negatives(
     radius: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Virtual negatives of PRCL's 2024 extension (METHOD.md section 8), drawn from the
+    """Virtual negatives of PRCL's 2024 extension (docs/method.md section 8), drawn from the
     classes' global distribution prototypes: ``v = mu_c + r * sigma_c * eps``,
     ``eps ~ N(0, I)``, i.e. ``v ~ N(mu_c, r^2 diag(s_c))`` per class c, with ``sigma_c =
     sqrt(s_c)`` and ``r = radius``.

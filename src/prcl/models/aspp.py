@@ -1,4 +1,4 @@
-"""Atrous spatial pyramid pooling (METHOD.md section 2)."""
+"""Atrous spatial pyramid pooling (docs/method.md section 2)."""
 
 from __future__ import annotations
 

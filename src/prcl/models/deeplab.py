@@ -1,5 +1,5 @@
 """DeepLabv3+ with three heads: classes, representation mean mu, and variance sigma^2
-(METHOD.md section 2)."""
+(docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ class DeepLabV3Plus(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``network``: encoder, ASPP, decoder, classification and representation heads;
-        ``probability_head``: the variance head, trained by its own optimiser (METHOD.md 7.9)."""
+        ``probability_head``: the variance head, trained by its own optimiser
+        (docs/method.md 7.9)."""
         head_ids = {id(p) for p in self.probability_head.parameters()}
         return {
             "network": [p for p in self.parameters() if id(p) not in head_ids],

@@ -1,4 +1,4 @@
-"""Encoders for DeepLabv3+ (METHOD.md section 2), with local weight loading: the ResNets of
+"""Encoders for DeepLabv3+ (docs/method.md section 2), with local weight loading: the ResNets of
 the paper here, the lighter MobileNetV3s in ``prcl.models.mobilenet``.
 
 Every encoder returns two feature maps: ``low`` (layer1, stride 4) for the decoder and ``high``

@@ -1,4 +1,4 @@
-"""The probability head: a per-pixel, per-dimension variance sigma^2 (METHOD.md section 2)."""
+"""The probability head: a per-pixel, per-dimension variance sigma^2 (docs/method.md section 2)."""
 
 from __future__ import annotations
 
