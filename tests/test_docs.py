@@ -176,6 +176,17 @@ def test_relative_links_resolve(page):
     assert not broken, f"{page_id(page)}: broken links {broken}"
 
 
+REPO_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|scripts|tests|src)/[\w/.-]*\w)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_files_named_exist(page):
+    """A script, test or source path the page names (`benchmarks/step.py`,
+    `src/prcl/configs/`) is in the repository."""
+    missing = sorted({p for p in REPO_PATH.findall(page.read_text()) if not (ROOT / p).exists()})
+    assert not missing, f"{page_id(page)} names files that do not exist: {missing}"
+
+
 def test_link_check_can_fail(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# Title\n[a](missing.md) [b](#title) [c](#nowhere) ![d](img.png)\n")
