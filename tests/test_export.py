@@ -205,3 +205,29 @@ def test_an_export_that_differs_from_pytorch_is_not_written(exported, tmp_path, 
     err = capsys.readouterr().err
     assert "the torchscript export differs from PyTorch by 0 at 1x3x80x112" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_export_refuses_to_write_over_its_checkpoint(exported, capsys):
+    checkpoint, _ = exported
+    before = checkpoint.read_bytes()
+    assert main(["export", str(checkpoint), "--out", str(checkpoint), "--format",
+                 "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {checkpoint} is the input {checkpoint}" in err
+    assert checkpoint.read_bytes() == before
+
+
+def test_the_export_format_follows_the_files_extension(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "m.pt")]) == 0
+    assert f"wrote {tmp_path / 'm.pt'} (torchscript" in capsys.readouterr().out
+    with warnings.catch_warnings():  # PyTorch's: TorchScript is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(tmp_path / "m.pt"))
+    for out, flag, words in (("m.onnx", ["--format", "torchscript"],
+                              "its extension means onnx, but --format is torchscript"),
+                             ("m.bin", [], "name the file .onnx (ONNX) or .pt (TorchScript)")):
+        assert main(["export", str(checkpoint), "--out", str(tmp_path / out), *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err
+        assert not (tmp_path / out).exists()

@@ -37,8 +37,10 @@ def _add_convert_official(sub: argparse._SubParsersAction) -> None:
 def _run_convert_official(args: argparse.Namespace) -> int:
     from prcl.config import load_config
     from prcl.engine.checkpoint import atomic_save, make_checkpoint
+    from prcl.files import refuse_overwriting_inputs
     from prcl.models import load_official
 
+    refuse_overwriting_inputs(args.output, [args.input], "output")
     model = load_official(args.input, args.num_classes, args.which)
     dataset = {21: "voc_662", 19: "cityscapes_150"}.get(args.num_classes, "voc_662")
     deep_stem = "encoder.conv1.0.weight" in model.state_dict()
@@ -130,11 +132,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     from prcl.engine.distributed import select_device
     from prcl.evaluation import evaluate
+    from prcl.files import atomic_write
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(ckpt, args.overrides)
     out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
-    _check_writable(out, "--json")
+    _check_writable(out, "--json", [args.checkpoint])
     model, _ = model_from_checkpoint(ckpt, args.which)
     val, class_names = build_val_dataset(cfg.data)
     trained = checkpoint_class_names(ckpt)
@@ -151,16 +154,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate(model.to(device), val, ckpt["num_classes"], cfg.eval, device,
                       num_workers=min(cfg.data.num_workers, 2))
     print(scores.table(class_names))
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
-                               "miou": scores.miou, "iou": scores.iou,
-                               "class_names": class_names,
-                               "images": len(val), "eval": vars(cfg.eval)}, indent=2))
+    text = json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
+                       "miou": scores.miou, "iou": scores.iou, "class_names": class_names,
+                       "images": len(val), "eval": vars(cfg.eval)}, indent=2)
+    atomic_write(out, lambda f: f.write(text.encode()))
     print(f"wrote {out}")
     return 0
 
 
-def _check_writable(path, option: str) -> None:
-    """Refuse, before any work, a path that cannot be written (a folder, no permission)."""
+def _check_writable(path, option: str, inputs: list[str]) -> None:
+    """Refuse, before any work, a path that cannot be written (a folder, no permission) or
+    that is one of the command's ``inputs``."""
+    from prcl.files import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(path, inputs, option)
     if path.is_dir():
         raise PrclError(f"{option} {path} is a folder; give a file name")
     try:
@@ -211,7 +218,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"),
+                   help="default: from --out's extension (.onnx; .pt, .pts or .torchscript)")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--no-uncertainty", action="store_true",
                    help="output the probabilities only (skips the probability head)")
@@ -220,12 +228,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from prcl.export import export_checkpoint
+    from prcl.export import export_checkpoint, format_for
 
-    _check_writable(Path(args.out), "--out")
-    result = export_checkpoint(args.checkpoint, args.out, args.format, args.which,
+    fmt = format_for(args.out, args.format)
+    _check_writable(Path(args.out), "--out", [args.checkpoint])
+    result = export_checkpoint(args.checkpoint, args.out, fmt, args.which,
                                uncertainty=not args.no_uncertainty)
-    print(f"wrote {result.path} ({args.format}, the {args.which}): outputs "
+    print(f"wrote {result.path} ({fmt}, the {args.which}): outputs "
           f"{', '.join(result.outputs)}; within {result.max_difference:.1g} of PyTorch")
     return 0
 

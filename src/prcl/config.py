@@ -279,8 +279,12 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write ``cfg`` as YAML after ``header`` (comment lines), atomically (``atomic_write``)."""
+    from prcl.files import atomic_write  # imports torch, which most config readers never need
+
+    text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
