@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_train import TINY, tiny
 
@@ -176,3 +177,17 @@ def test_a_bad_file_met_while_training_ends_in_one_line_after_saving(cache, tmp_
     assert "val/1.png: mask values 7 are neither classes 0-2 nor 255" in err
     assert "Training stopped after step 2" in err and f"--resume {run / 'last.pth'}" in err
     assert load_checkpoint(run / "last.pth")["training"]["step"] == 2
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(cache, tmp_path, capsys,
+                                                                     monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert main(["train", "synthetic", *tiny_overrides(cache, run), f"train.device={device}",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"train.device={device}, but" in err
+    assert "use one of cpu, or auto" in err and not run.exists()
