@@ -78,10 +78,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from prcl.config import load_config
     from prcl.engine.checkpoint import checkpoint_config, load_checkpoint
+    from prcl.engine.run_folder import edited_config_keys
     from prcl.engine.trainer import train
 
     name, overrides = _split_config_and_overrides(args.config)
@@ -90,13 +92,28 @@ def _run_train(args: argparse.Namespace) -> int:
         if name is not None:
             raise PrclError("with --resume the run's own config is used: give only overrides")
         resume = load_checkpoint(args.resume)
+        folder = Path(args.resume).parent
         if not any(o.startswith("train.out_dir=") for o in overrides):
-            overrides = [*overrides, f"train.out_dir={Path(args.resume).parent}"]
+            overrides = [*overrides, f"train.out_dir={folder}"]
         cfg = checkpoint_config(resume, overrides)
+        edited = edited_config_keys(folder, cfg, overrides)
+        if edited:
+            print(f"note: {folder / 'config.yaml'} differs from the config the run continues "
+                  f"with in {'; '.join(edited)}. --resume uses the checkpoint's config and the "
+                  "command line's overrides (give key=value to change a key); config.yaml is "
+                  "rewritten to it", file=sys.stderr)
     else:
         cfg = load_config(name, overrides)
     result = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
-    if result.rank == 0:
+    if result.rank != 0:
+        return 0
+    if result.complete:
+        final = (f"final mIoU {result.last_miou * 100:.1f}, "
+                 if math.isfinite(result.last_miou) else "")
+        print(f"{result.run_dir} is complete: {cfg.train.method} trained all {result.steps} "
+              f"steps ({final}best {result.best_miou * 100:.1f}); nothing to do. To train "
+              f"longer, resume with train.epochs above {cfg.train.epochs}")
+    else:
         print(f"{cfg.train.method}  mIoU {result.last_miou * 100:.1f}  (best "
               f"{result.best_miou * 100:.1f}, {result.steps} steps, {result.skipped_steps} "
               f"skipped) -> {result.run_dir}")
