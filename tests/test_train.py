@@ -16,6 +16,7 @@ from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prcl.engine.ema import ema_decay
 from prcl.errors import CheckpointError, PrclError
 from prcl.evaluation import predict_whole
+from prcl.losses import PRCLLoss
 from prcl.models import build_encoder
 
 TINY = [
@@ -87,7 +88,7 @@ def test_the_demo_runs_one_after_the_other_on_a_gpu_or_one_core(monkeypatch):
     assert threads_each(cfg) == 0
 
 
-@pytest.mark.parametrize("method", ["supervised", "prcl"])
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "prcl"])
 def test_few_steps_end_to_end(cache, tmp_path, method):
     result = train(tiny(cache, tmp_path, f"train.method={method}"), progress=False)
     assert result.steps == 4 and result.skipped_steps == 0
@@ -99,12 +100,45 @@ def test_few_steps_end_to_end(cache, tmp_path, method):
     assert len(train_logs) == 4 and all(t["total"] == t["total"] for t in train_logs)
     if method == "prcl":
         assert all(t["contrastive"] > 0 for t in train_logs)
+        # a fresh network's term is at chance: ln(1 + 32 negatives), the positive 1 in 33
+        assert all(abs(t["contrastive_vs_chance"] - 1) < 0.01 for t in train_logs)
+        assert all(abs(t["positive_probability"] - 1 / 33) < 0.003 for t in train_logs)
+        assert all(0 < t["mean_variance"] < 1 for t in train_logs)
     else:
-        assert all(t["contrastive"] == 0 and t["unsupervised"] == 0 for t in train_logs)
+        assert all(t["contrastive"] == 0 for t in train_logs)
+        assert not any("positive_probability" in t or "contrastive_vs_chance" in t
+                       for t in train_logs)
+    if method == "supervised":
+        assert all(t["unsupervised"] == 0 for t in train_logs)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "best.pth").is_file()
     assert any((tmp_path / "tensorboard").iterdir())
     ckpt = load_checkpoint(tmp_path / "last.pth")
     assert ckpt["training"]["step"] == 4 and ckpt["num_classes"] == len(CLASS_NAMES)
+
+
+def test_the_mean_teacher_is_prcl_without_the_contrastive_term(cache, tmp_path, monkeypatch):
+    """The same teacher, pseudo-labels and unsupervised loss; the PRCL loss and the
+    representation and variance heads are never run, and those heads never change."""
+    def refused(*args, **kwargs):
+        raise AssertionError("the mean teacher ran the PRCL loss")
+
+    monkeypatch.setattr(PRCLLoss, "forward", refused)
+    heads_run = []
+    cfg = tiny(cache, tmp_path, "train.method=mean_teacher", "loss.un_threshold=0.0")
+    trainer = Trainer(cfg, progress=False)
+    for module in (trainer.student.representation, trainer.student.probability_head):
+        module.register_forward_hook(lambda *args: heads_run.append(1))
+    heads = {k: v.clone() for k, v in trainer.student.state_dict().items()
+             if k.startswith(("representation.", "probability_head."))}
+    assert trainer.prcl_loss is None and trainer.teacher is not trainer.student
+    trainer.fit()
+    assert not heads_run
+    after = trainer.student.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in heads.items())
+    logs = [json.loads(line)["train"] for line in
+            (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert all(t["unsupervised"] > 0 and t["contrastive"] == 0 for t in logs)
+    assert all(t["total"] == pytest.approx(t["supervised"] + t["unsupervised"]) for t in logs)
 
 
 def test_labelled_warmup_trains_on_labels_before_the_teacher_joins(cache, tmp_path,

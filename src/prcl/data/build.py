@@ -14,6 +14,7 @@ from typing import Protocol
 from torch.utils.data import Dataset
 
 from prcl.config import DataConfig
+from prcl.data.camvid import CamVidLayout
 from prcl.data.cityscapes import CityscapesLayout
 from prcl.data.folder import FolderLayout
 from prcl.data.problems import DataProblems, problems_of
@@ -87,9 +88,12 @@ def open_layout(cfg: DataConfig) -> Layout:
         return VOCLayout(cfg.root)
     if cfg.dataset == "cityscapes":
         return CityscapesLayout(cfg.root, cfg.train_split, cfg.val_split)
+    if cfg.dataset == "camvid":
+        return CamVidLayout(cfg.root, cfg.class_names, cfg.train_split, cfg.val_split)
     if cfg.dataset == "folder":
         return FolderLayout(cfg.root, cfg.train_split, cfg.val_split)
-    raise DataError(f"data.dataset '{cfg.dataset}': choose voc, cityscapes, folder or synthetic")
+    raise DataError(f"data.dataset '{cfg.dataset}': choose voc, cityscapes, camvid, folder or "
+                    "synthetic")
 
 
 def load_split(cfg: DataConfig, layout: Layout) -> Split:
@@ -151,7 +155,8 @@ def build_val_dataset(cfg: DataConfig) -> tuple[LabelledDataset, list[str]]:
     if problems:
         raise DataProblems(problems, "run `prcl check-data` for the full report")
     samples = [layout.sample(i, "val") for i in val_ids]
-    return LabelledDataset(samples, len(layout.class_names)), list(layout.class_names)
+    return (LabelledDataset(samples, len(layout.class_names), scale=cfg.image_scale),
+            list(layout.class_names))
 
 
 def build_datasets(cfg: DataConfig) -> DataBundle:
@@ -172,9 +177,10 @@ def build_datasets(cfg: DataConfig) -> DataBundle:
     num_classes = len(found.class_names)
     return DataBundle(
         labelled=LabelledDataset(found.labelled, num_classes,
-                                 LabelledTransform(cfg.crop_size, cfg.scale_range)),
-        unlabelled=ImageDataset(found.unlabelled, RandomCrop(cfg.crop_size)),
-        val=LabelledDataset(found.val, num_classes),
+                                 LabelledTransform(cfg.crop_size, cfg.scale_range),
+                                 cfg.image_scale),
+        unlabelled=ImageDataset(found.unlabelled, RandomCrop(cfg.crop_size), cfg.image_scale),
+        val=LabelledDataset(found.val, num_classes, scale=cfg.image_scale),
         num_classes=num_classes,
         class_names=list(found.class_names),
         labelled_ids=[s.id for s in found.labelled],

@@ -23,6 +23,7 @@ from prcl.data.io import (
     read_mask,
     read_mask_values,
 )
+from prcl.data.transforms import rescale_image, rescale_mask
 from prcl.errors import DataError
 
 INSTANCE_ID_FACTOR = 1000
@@ -63,7 +64,7 @@ def load_label(sample: Sample, num_classes: int) -> np.ndarray:
                         f"*_{sample.lut_name}.png belongs.")
             raise DataError(
                 f"{sample.mask}: values {shown} are not valid {sample.lut_name}.{hint} Use the "
-                f"unmodified *_{sample.lut_name}.png files"
+                "dataset's unmodified label files"
             )
         mask = mapped.astype(np.uint8)
     check_mask_values(mask, num_classes, sample.mask)
@@ -90,23 +91,28 @@ def header_problems(samples: Sequence[Sample], masks: bool = True) -> list[str]:
     return problems
 
 
-def load_pair(sample: Sample, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image float32 [3, H, W] in [0, 1], label int64 [H, W]) of a labelled sample."""
+def load_pair(sample: Sample, num_classes: int,
+              scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image float32 [3, H, W] in [0, 1], label int64 [H, W]) of a labelled sample, both
+    resized by ``scale`` (``data.image_scale``; ``rescale_image``, ``rescale_mask``)."""
     image = read_image(sample.image)
     mask = load_label(sample, num_classes)
     check_same_size(image, mask, sample.image, sample.mask)
-    return image, torch.from_numpy(mask).long()
+    return rescale_image(image, scale), rescale_mask(torch.from_numpy(mask).long(), scale)
 
 
 class LabelledDataset(Dataset):
-    """(image [3, H, W], label [H, W]) pairs, optionally through a pair transform."""
+    """(image [3, H, W], label [H, W]) pairs resized by ``scale`` as they are read, then
+    optionally through a pair transform."""
 
     def __init__(
-        self, samples: Sequence[Sample], num_classes: int, transform: PairTransform | None = None
+        self, samples: Sequence[Sample], num_classes: int, transform: PairTransform | None = None,
+        scale: float = 1.0,
     ) -> None:
         self.samples = list(samples)
         self.num_classes = num_classes
         self.transform = transform
+        self.scale = scale
 
     @property
     def ids(self) -> list[str]:
@@ -116,18 +122,21 @@ class LabelledDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = load_pair(self.samples[index], self.num_classes)
+        image, label = load_pair(self.samples[index], self.num_classes, self.scale)
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, label
 
 
 class ImageDataset(Dataset):
-    """Images [3, H, W] alone (the unlabelled set), optionally through an image transform."""
+    """Images [3, H, W] alone (the unlabelled set), resized by ``scale`` as they are read, then
+    optionally through an image transform."""
 
-    def __init__(self, samples: Sequence[Sample], transform: ImageTransform | None = None) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform | None = None,
+                 scale: float = 1.0) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.scale = scale
 
     @property
     def ids(self) -> list[str]:
@@ -137,5 +146,5 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = read_image(self.samples[index].image)
+        image = rescale_image(read_image(self.samples[index].image), self.scale)
         return image if self.transform is None else self.transform(image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from prcl.data.unlabelled import device_constant, photometric, random_scale_crop
@@ -40,6 +41,33 @@ def denormalize(images: Tensor) -> Tensor:
     """The inverse of ``normalize``: back to [0, 1] images, same shapes."""
     mean, std = _stats(images)
     return images * std + mean
+
+
+def scaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    """(height, width) times ``factor``, rounded, at least 1 pixel each."""
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def rescale_image(image: Tensor, factor: float) -> Tensor:
+    """``data.image_scale``: image [3, H, W] in [0, 1] resized by ``factor`` (bilinear,
+    antialiased when shrinking) to [3, h, w] of ``scaled_size``; the image itself for 1."""
+    if factor == 1:
+        return image
+    size = scaled_size(*image.shape[-2:], factor)
+    resized = F.interpolate(image[None], size=size, mode="bilinear", antialias=True,
+                            align_corners=False)
+    return resized[0].clamp_(0, 1)
+
+
+def rescale_mask(mask: Tensor, factor: float) -> Tensor:
+    """``data.image_scale`` for a mask [H, W] of class indices: nearest neighbour (pixel
+    centres, ``nearest-exact``), so no value is invented, to the size ``rescale_image``
+    gives its image."""
+    if factor == 1:
+        return mask
+    size = scaled_size(*mask.shape, factor)
+    resized = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")
+    return resized[0, 0].to(mask.dtype)
 
 
 class LabelledTransform:

@@ -1,8 +1,9 @@
 """The losses of one training step (docs/method.md section 7), top to bottom like the method.
 
 ``prcl_step_losses`` is the semi-supervised step: the teacher's pseudo-labels, the batched
-unlabelled pipeline, the student on both batches, and the three losses. ``supervised_step_
-losses`` is the labelled-only baseline and PRCL's labelled warm-up. The optimiser side
+unlabelled pipeline, the student on both batches, and the three losses (two for the mean
+teacher alone, ``train.method=mean_teacher``). ``supervised_step_losses`` is the
+labelled-only baseline and the labelled warm-up. The optimiser side
 (backward, the two optimisers, the EMA) lives in the trainer.
 """
 
@@ -25,10 +26,19 @@ Partners = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 class StepLosses(NamedTuple):
+    """One step's losses and what the logs say of the contrastive term, ``[]`` device tensors.
+
+    ``contrastive_chance`` and ``positive_probability`` are the PRCL loss's
+    ``ContrastiveStatistics``, ``mean_variance`` the mean sigma^2 over the student's batch;
+    all three are 0 in a step without the contrastive term."""
+
     total: Tensor
     supervised: Tensor
     unsupervised: Tensor
     contrastive: Tensor
+    contrastive_chance: Tensor
+    positive_probability: Tensor
+    mean_variance: Tensor
 
 
 def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -64,20 +74,24 @@ def contrastive_labels(
 
 
 def student_outputs(
-    student: nn.Module, images_l: Tensor, images_u: Tensor, student_pass: str
-) -> tuple[Tensor, Tensor, Tensor]:
+    student: nn.Module, images_l: Tensor, images_u: Tensor, student_pass: str,
+    representation: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """docs/method.md 7.2 step 6: the student on the labelled batch images_l [B_l, 3, H, W] and
     the augmented unlabelled batch images_u [B_u, 3, H, W] -> logits, mu and var, each
-    [B_l + B_u, ., h, w], the labelled images first.
+    [B_l + B_u, ., h, w], the labelled images first; mu and var are None without
+    ``representation`` (the mean teacher alone).
 
     ``"separate"`` (the authors'): one pass per batch, so every BatchNorm normalises each
     batch over itself. ``"joint"``: one pass over both batches, BatchNorm over both (U2PL,
     UniMatch): the convolutions in half the kernel launches."""
     if student_pass == "joint":
-        out = student(normalize(torch.cat([images_l, images_u])))
+        out = student(normalize(torch.cat([images_l, images_u])), representation)
         return out.logits, out.mu, out.var
-    out_l, out_u = student(normalize(images_l)), student(normalize(images_u))
-    return tuple(torch.cat([a, b]) for a, b in zip(out_l[:3], out_u[:3], strict=True))
+    outs = student(normalize(images_l), representation), student(normalize(images_u),
+                                                                 representation)
+    return tuple(None if a is None else torch.cat([a, b])
+                 for a, b in zip(outs[0][:3], outs[1][:3], strict=True))
 
 
 def prcl_loss_from_config(cfg: LossConfig, reduce_sum: ReduceSum | None = None) -> PRCLLoss:
@@ -95,7 +109,7 @@ def prcl_step_losses(
     labels_l: Tensor,
     images_u: Tensor,
     cfg: Config,
-    prcl_loss: PRCLLoss,
+    prcl_loss: PRCLLoss | None,
     lambda_c: float,
     generator: torch.Generator,
     autocast: AbstractContextManager,
@@ -105,7 +119,9 @@ def prcl_step_losses(
 
     images_l [B_l, 3, H, W] and labels_l [B_l, H, W]: the labelled batch after its pipeline;
     images_u [B_u, 3, H, W]: the raw unlabelled batch. ``partners`` (several processes) maps
-    the local unlabelled batch to each image's class-mix partner from the gathered batch."""
+    the local unlabelled batch to each image's class-mix partner from the gathered batch.
+    ``prcl_loss`` None is the mean teacher alone: the same step without the representation
+    heads and the contrastive term, which are then skipped, not weighted by 0."""
     data = cfg.data
     with autocast:
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, images_u)
@@ -115,7 +131,8 @@ def prcl_step_losses(
     )
 
     with autocast:
-        logits, mu, var = student_outputs(student, images_l, images_u, cfg.train.student_pass)
+        logits, mu, var = student_outputs(student, images_l, images_u, cfg.train.student_pass,
+                                          representation=prcl_loss is not None)
 
     labelled = len(images_l)
     supervised = labelled_ce(logits[:labelled], labels_l)
@@ -123,12 +140,17 @@ def prcl_step_losses(
         upsample(logits[labelled:].float(), pseudo_labels.shape[-2:]), pseudo_labels,
         confidence, cfg.loss.un_threshold, cfg.loss.unsupervised_weighting,
     )
+    if prcl_loss is None:
+        zero = supervised.detach() * 0
+        return StepLosses(supervised + unsupervised, supervised, unsupervised, zero, zero, zero,
+                          zero)
     taking_part = contrastive_labels(
         labels_l, pseudo_labels, confidence, cfg.loss.weak_threshold, logits.shape[-2:]
     )
     contrastive = prcl_loss(mu, var, taking_part, logits.detach().float().softmax(1), generator)
     total = supervised + unsupervised + lambda_c * contrastive
-    return StepLosses(total, supervised, unsupervised, contrastive)
+    return StepLosses(total, supervised, unsupervised, contrastive, *prcl_loss.statistics,
+                      var.detach().float().mean())
 
 
 def supervised_step_losses(
@@ -141,7 +163,7 @@ def supervised_step_losses(
         out = student(normalize(images_l), representation=False)
     supervised = labelled_ce(out.logits, labels_l)
     zero = supervised.detach() * 0
-    return StepLosses(supervised, supervised, zero, zero)
+    return StepLosses(supervised, supervised, zero, zero, zero, zero, zero)
 
 
 def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:

@@ -151,17 +151,19 @@ class Trainer:
             _refuse_nothing_unlabelled(data, cfg.train.method)
         self.data = data
         self.num_classes = self.data.num_classes
-        self.semi = cfg.train.method == "prcl"
+        self.semi = cfg.train.method != "supervised"
+        self.contrastive = cfg.train.method == "prcl"
         self.total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
         self.warmup_steps = cfg.train.labelled_warmup_epochs * cfg.train.steps_per_epoch
 
         self.student = model_from_config(cfg.model, self.num_classes).to(
             self.rt.device, memory_format=memory_format(cfg.train.memory_format, self.rt.device))
+        if not self.contrastive:  # without the contrastive term the heads never train
+            self.student.representation.requires_grad_(False)
+            self.student.probability_head.requires_grad_(False)
         if self.semi:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         else:  # the baseline has no teacher: it is evaluated and saved as the student
-            self.student.representation.requires_grad_(False)
-            self.student.probability_head.requires_grad_(False)
             self.teacher = self.student
         self.network = self.student
         if self.rt.distributed:
@@ -172,7 +174,7 @@ class Trainer:
             on_gpu = self.rt.device.type == "cuda"
             self.network = DistributedDataParallel(
                 self.student, device_ids=[self.rt.device] if on_gpu else None,
-                find_unused_parameters=self.semi and self.warmup_steps > 0,
+                find_unused_parameters=self.contrastive and self.warmup_steps > 0,
             )
         self.teacher_network = self.teacher
         if cfg.train.compile:
@@ -199,7 +201,8 @@ class Trainer:
 
         self.prcl_loss = prcl_loss_from_config(
             cfg.loss, distributed.all_reduce_sum if self.rt.distributed else None
-        )
+        ) if self.contrastive else None
+        self.global_prototypes = getattr(self.prcl_loss, "global_prototypes", None)
         self.generator = torch.Generator(self.rt.device)
         self.generator.manual_seed(sample_seed(cfg.train.seed, self.rt.rank, 1))
         self.step = 0
@@ -492,8 +495,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "world_size": self.rt.world_size,
         }
-        if self.prcl_loss.global_prototypes is not None:
-            training["global_prototypes"] = self.prcl_loss.global_prototypes.state_dict()
+        if self.global_prototypes is not None:
+            training["global_prototypes"] = self.global_prototypes.state_dict()
         return make_checkpoint(self.cfg, self.student, self.teacher, self.data.class_names,
                                training)
 
@@ -572,8 +575,8 @@ class Trainer:
         self.head_scheduler.load_state_dict(training["head_scheduler"])
         self.scaler.load_state_dict(training["scaler"])
         self.generator.set_state(training["generators"][self.rt.rank])
-        if self.prcl_loss.global_prototypes is not None and "global_prototypes" in training:
-            self.prcl_loss.global_prototypes.load_state_dict(training["global_prototypes"])
+        if self.global_prototypes is not None and "global_prototypes" in training:
+            self.global_prototypes.load_state_dict(training["global_prototypes"])
         torch.set_rng_state(training["torch_rng"])
         self.step = training["step"]
         self.best_miou = training["best_miou"]
@@ -604,11 +607,16 @@ class Trainer:
         names = StepLosses._fields
         values = dict(zip(names, torch.stack([v.detach().float() for v in losses]).tolist(),
                           strict=True))
+        chance = values.pop("contrastive_chance")
+        if chance > 0:  # the step scored anchors: how far from chance the term is
+            values["contrastive_vs_chance"] = values["contrastive"] / chance
+        else:
+            del values["positive_probability"], values["mean_variance"]
         values.update(lambda_c=self.lambda_c(), lr=self.scheduler.get_last_lr()[0],
                       lr_probability_head=self.head_scheduler.get_last_lr()[0],
                       skipped_steps=skips.skipped, it_per_s=rate)
-        if self.prcl_loss.global_prototypes is not None:
-            values.update(self.prcl_loss.global_prototypes.summary())
+        if self.global_prototypes is not None:
+            values.update(self.global_prototypes.summary())
         bar.set_postfix(loss=f"{values['total']:.3f}", sup=f"{values['supervised']:.3f}",
                         unsup=f"{values['unsupervised']:.3f}",
                         prcl=f"{values['contrastive']:.3f}", lr=f"{values['lr']:.2e}")

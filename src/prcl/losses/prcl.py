@@ -6,6 +6,8 @@ drawn in one batched call each (``prcl.losses.sampling``), and the cross-entropy
 ``[R, 1 + K, D]`` MLS logits is evaluated blockwise by ``mls_contrast_ce``.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,18 @@ from prcl.losses.prototypes import ReduceSum, class_sufficient_statistics, proto
 from prcl.losses.sampling import negative_class_probs, participating_pixels, virtual_negatives
 
 PROTOTYPES = ("batch", "global")
+
+
+class ContrastiveStatistics(NamedTuple):
+    """How far the last call's loss is from chance (docs/method.md section 6): ``[]`` device
+    tensors, both 0 when the call had no anchor to score.
+
+    chance: the mean over anchors of ln(number of candidates), the loss of a uniform softmax
+    (ln(1 + num_negatives) without virtual negatives). positive_probability: the mean over
+    anchors of the softmax probability of the positive, exp(-loss_r)."""
+
+    chance: torch.Tensor
+    positive_probability: torch.Tensor
 
 
 class PRCLLoss(nn.Module):
@@ -44,6 +58,9 @@ class PRCLLoss(nn.Module):
     either option is on; it is folded on every call in training mode (``train()``, as
     BatchNorm's running statistics), before the early return, so that every process folds
     the same all-reduced sums.
+
+    After every call ``statistics`` (``ContrastiveStatistics``) says how far its loss is from
+    chance, as device tensors (no host read).
 
     Computed in float32 with autocast disabled. Sampling uses ``torch.rand``,
     ``torch.multinomial`` and ``torch.randn`` on the inputs' device with ``generator``, whose
@@ -90,6 +107,7 @@ class PRCLLoss(nn.Module):
         self.global_prototypes = None
         if prototypes == "global" or virtual_negatives > 0:
             self.global_prototypes = GlobalPrototypes(gdp_forgetting)
+        self.statistics = ContrastiveStatistics(torch.zeros(()), torch.zeros(()))
 
     def forward(
         self,
@@ -129,6 +147,8 @@ class PRCLLoss(nn.Module):
         counted = valid.counts.nonzero().squeeze(1)
         anchor_classes = anchors.counts.nonzero().squeeze(1)
         if counted.numel() < 2 or anchor_classes.numel() == 0:
+            zero = mu.new_zeros(())
+            self.statistics = ContrastiveStatistics(zero, zero)
             return 0 * (mu.sum() + var.sum())
 
         with torch.no_grad():
@@ -154,14 +174,19 @@ class PRCLLoss(nn.Module):
         anchor_mu_hat = F.normalize(mu.flatten(2)[anchor_image, :, anchor_pixel], dim=1)
         anchor_var = var.flatten(2)[anchor_image, :, anchor_pixel].clamp_min(VAR_FLOOR)
         virtual_mls = None
+        candidates = mu.new_full((), 1.0 + self.num_negatives)
         if self.virtual_negatives:
             own_class = positive_cls[:, None] == virtual_cls[None, :]
             virtual_mls = mls_to_points(anchor_mu_hat, anchor_var, virtual_mu_hat).masked_fill_(
                 own_class, float("-inf"))
+            candidates = candidates + (~own_class).sum(1)
         losses = mls_contrast_ce(
             anchor_mu_hat, anchor_var, positive_mu_hat, positive_var,
             pool_mu_hat, pool_var, negative_pos, self.temperature, virtual_mls,
         )
+        with torch.no_grad():
+            self.statistics = ContrastiveStatistics(
+                candidates.log().mean(), losses.neg().exp().mean())
         return losses.sum() / (self.num_queries * counted.numel())
 
     def _virtual_negatives(self, global_proto, generator):

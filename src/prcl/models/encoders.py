@@ -136,6 +136,10 @@ def build_encoder(name: str, output_stride: int = 16, weights: str | None = None
         resnet = _deep_stem_resnet101() if name == "resnet101_deepstem" else (
             getattr(torchvision.models, name)())
         encoder = ResNetEncoder(resnet, output_stride)
+    if weights == "package":
+        raise CheckpointError(f"model.pretrained=package is for timm encoders whose ImageNet "
+                              f"weights a pip package ships (timm:tf_efficientnet_lite0); for "
+                              f"{name} give a weights file or model.pretrained=torchvision")
     if weights == "torchvision":
         if name not in _TORCHVISION_WEIGHTS:
             raise CheckpointError(

@@ -25,6 +25,11 @@ from torch import Tensor, nn
 
 from prcl.errors import CheckpointError, ConfigError, first_line
 from prcl.extras import import_extra
+from prcl.models.packaged_weights import (
+    efficientnet_port_to_timm,
+    is_efficientnet_port,
+    packaged_weights_path,
+)
 from prcl.models.weights import check_fit, read_state_dict
 
 TIMM_PREFIX = "timm:"
@@ -76,10 +81,12 @@ def build_timm_encoder(name: str, output_stride: int = 16,
 
     ``weights``: None (random initialisation), a local weights file in timm's format (a timm
     model's ``state_dict()`` as ``.pth``, or ``model.safetensors`` as on the Hugging Face hub;
-    the classifier is dropped), or ``"timm"`` to download timm's pretrained weights (needs a
-    network). A name timm does not know, a model without ``features_only`` or one that cannot
-    reach ``output_stride`` is a ``ConfigError``; weights that do not fit, a
-    ``CheckpointError``.
+    the classifier is dropped) or in the EfficientNet PyTorch port's (renamed,
+    ``prcl.models.packaged_weights``), ``"package"`` for the ImageNet weights an installed
+    pip package ships (``PACKAGED``; no download), or ``"timm"`` to download timm's
+    pretrained weights (needs a network). A name timm does not know, a model without
+    ``features_only`` or one that cannot reach ``output_stride`` is a ``ConfigError``;
+    weights that do not fit, a ``CheckpointError``.
     """
     timm = import_extra("timm", "timm", f"model.encoder '{TIMM_PREFIX}{name}'")
     if not timm.is_model(name):
@@ -92,6 +99,8 @@ def build_timm_encoder(name: str, output_stride: int = 16,
                               f"{TIMM_PREFIX}{name} give a local timm weights file, or "
                               "model.pretrained=timm to download timm's")
     options = _features_options(timm, name, output_stride)
+    if weights == "package":
+        weights = str(packaged_weights_path(name))
     load: dict[str, Any] = {}
     if weights == "timm":
         load = {"pretrained": True}
@@ -168,9 +177,12 @@ def _shapes_only(create: Callable[[], nn.Module]) -> nn.Module:
 def _timm_state_dict(timm: ModuleType, name: str, path: str) -> dict[str, Tensor]:
     """The weights file as a state dict of the model without its classifier, checked key by key
     and shape by shape against the classification model (``_OPTIONS`` change no weight; the
-    classification model of some does not even take them)."""
+    classification model of some does not even take them). A file in the EfficientNet
+    PyTorch port's layout is renamed to timm's names first."""
     state = read_state_dict(path)
     expected = _shapes_only(lambda: timm.create_model(name, num_classes=0))
+    if is_efficientnet_port(state):
+        state = efficientnet_port_to_timm(state, list(expected.state_dict()))
     classifiers = getattr(timm.models.get_pretrained_cfg(name), "classifier", None) or ()
     for classifier in (classifiers,) if isinstance(classifiers, str) else classifiers:
         state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
