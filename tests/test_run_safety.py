@@ -280,15 +280,16 @@ def test_a_run_that_ended_before_its_first_checkpoint_is_no_run(cache, tmp_path,
     assert "already holds a run" in err and f"--resume {run / 'best.pth'}" in err
 
 
-def test_prcl_with_every_image_labelled_is_refused_before_anything_is_made(cache, tmp_path,
-                                                                           capsys):
+@pytest.mark.parametrize("method", ["prcl", "mean_teacher"])
+def test_a_semi_supervised_run_with_every_image_labelled_is_refused_before_anything_is_made(
+        cache, tmp_path, capsys, method):
     run = tmp_path / "run"
-    args = [*tiny_overrides(cache, run), "data.num_labels=24"]
+    args = [*tiny_overrides(cache, run), "data.num_labels=24", f"train.method={method}"]
     assert main(["train", "synthetic", *args, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "6 labelled" not in err
-    assert "24 labelled training images and no unlabelled one" in err
-    assert "train.method=supervised" in err and not run.exists()
+    assert f"24 labelled training images and no unlabelled one, so train.method={method}" in err
+    assert "use train.method=supervised" in err and not run.exists()
     assert main(["check-data", "synthetic", *args]) == 0
     assert "note: every training image is labelled" in capsys.readouterr().out
 
