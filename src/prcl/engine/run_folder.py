@@ -58,8 +58,9 @@ def hold_run_folder(run_dir: Path, fresh: bool, overwrite: bool = False,
             stale.unlink(missing_ok=True)
         foreign = foreign_files(run_dir)
         if foreign:
-            raise RunFolderError(f"{foreign[0]}; a run writes its own file there: move it away "
-                                 "or set train.out_dir to another folder")
+            raise RunFolderError(f"{'; '.join(foreign)}: a run writes its own files at these "
+                                 "names, so move them away or set train.out_dir to another "
+                                 "folder")
         if fresh:
             _clear_for_new_run(run_dir, overwrite)
         else:
