@@ -57,6 +57,17 @@ def test_camvid_layout_loads_with_void_as_ignore(tmp_path):
     assert image.shape == (3, 16, 16) and label.shape == (16, 16)
 
 
+def test_camvid_reports_an_image_link_whose_target_is_gone(tmp_path):
+    make_camvid(tmp_path)
+    link = tmp_path / "train" / f"{SPLITS['train'][0]}.png"
+    link.unlink()
+    link.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataProblems) as info:
+        build_datasets(camvid_config(tmp_path))
+    assert info.value.problems == [f"{link}: a link to {tmp_path / 'gone.png'}, which does not "
+                                   "exist; restore its target or remove the link"]
+
+
 def test_camvid_test_split_is_scored_with_val_split_test(tmp_path):
     labels = make_camvid(tmp_path)
     val, names = build_val_dataset(camvid_config(tmp_path, val_split="test"))

@@ -157,6 +157,25 @@ def test_folder_problems(tmp_path):
     assert str(tmp_path / "images" / "val") in text
 
 
+def test_check_data_reports_every_broken_link_of_a_folder_dataset(tmp_path, capsys):
+    for split, names in (("train", "abcd"), ("val", "v")):
+        for name in names:
+            write_png(tmp_path / "images" / split / f"{name}.png", np.zeros((8, 8, 3), np.uint8))
+            write_png(tmp_path / "masks" / split / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    links = {tmp_path / "images" / "train" / "b.png": tmp_path / "gone" / "b.png",
+             tmp_path / "masks" / "train" / "c.png": tmp_path / "gone" / "c.png"}
+    for link, target in links.items():
+        link.unlink()
+        link.symlink_to(target)
+    assert main(["check-data", "data.dataset=folder", f"data.root={tmp_path}",
+                 "data.num_labels=2"]) == 1
+    out = capsys.readouterr().out
+    assert "2 problem(s):" in out
+    for link, target in links.items():
+        assert f"{link}: a link to {target}, which does not exist" in out
+
+
 def test_folder_without_class_file(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match=r"classes\.txt: class-names file not found"):

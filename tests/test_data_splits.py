@@ -111,3 +111,15 @@ def test_splits_command_writes_the_authors_layout_that_training_reads(tmp_path, 
     bundle = build_datasets(cfg)
     assert bundle.labelled_ids == read_split(out, 3, 1).labelled
     assert bundle.val_ids == ["v"]
+
+
+@pytest.mark.parametrize("name", ["two\nlines", " spaced", "tab\t"])
+def test_splits_refuses_ids_a_list_cannot_hold(tmp_path, capsys, name):
+    root = tmp_path / "voc"
+    make_tiny_voc(root, ["a", "b", name, "v"])
+    out = tmp_path / "splits"
+    assert main(["splits", "voc_662", f"data.root={root}", "--out", str(out),
+                 "--num-labels", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"image id {name!r}" in err
+    assert "one id per line" in err and not out.exists()

@@ -205,3 +205,82 @@ def test_an_export_that_differs_from_pytorch_is_not_written(exported, tmp_path, 
     err = capsys.readouterr().err
     assert "the torchscript export differs from PyTorch by 0 at 1x3x80x112" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_export_refuses_to_write_over_its_checkpoint(exported, capsys):
+    checkpoint, _ = exported
+    before = checkpoint.read_bytes()
+    assert main(["export", str(checkpoint), "--out", str(checkpoint), "--format",
+                 "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {checkpoint} is the input {checkpoint}" in err
+    assert checkpoint.read_bytes() == before
+
+
+def test_the_export_format_follows_the_files_extension(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "m.pt")]) == 0
+    assert f"wrote {tmp_path / 'm.pt'} (torchscript" in capsys.readouterr().out
+    with warnings.catch_warnings():  # PyTorch's: TorchScript is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(tmp_path / "m.pt"))
+    for out, flag, words in (("m.onnx", ["--format", "torchscript"],
+                              "its extension means onnx, but --format is torchscript"),
+                             ("m.bin", [], "name the file .onnx (ONNX) or .pt (TorchScript)")):
+        assert main(["export", str(checkpoint), "--out", str(tmp_path / out), *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err
+        assert not (tmp_path / out).exists()
+
+
+def _with_metadata(source, path, **changes):
+    """A copy of the ONNX file ``source`` at ``path`` with metadata values replaced (None:
+    removed)."""
+    model = onnx.load(str(source))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update(changes)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {k: v for k, v in meta.items() if v is not None})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"eval": json.dumps({"mode": "sliding", "window": 64, "stride": 0})},
+     "metadata: 'eval.stride' is 0; it must be at least 1"),
+    ({"eval": json.dumps({"mode": "whole", "banana": 1})},
+     "metadata: unknown key 'eval.banana'"),
+    ({"std": "[0, 0, 0]"}, "metadata 'std' is [0, 0, 0]; it must be 3 numbers, above 0"),
+    ({"mean": "[0.5]"}, "metadata 'mean' is [0.5]; it must be 3 numbers"),
+    ({"class_names": json.dumps(CLASSES[:4])},
+     "outputs 5 classes but its metadata names 4 (background, cat, dog, car)"),
+    ({"class_names": None}, "its prcl metadata lacks class_names"),
+])
+def test_predict_checks_an_onnx_files_metadata(exported, tmp_path, capsys, changes, words):
+    _, source = exported
+    path = _with_metadata(source, tmp_path / "model.onnx", **changes)
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    assert main(["predict", str(path), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}" in err and words in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_a_foreign_model_carrying_prcl_metadata(exported, tmp_path, capsys):
+    _, source = exported
+    node = onnx.helper.make_node("Identity", ["input"], ["probs"])
+    value = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 5, 4, 4])
+    out = onnx.helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, [1, 5, 4, 4])
+    foreign = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value], [out]))
+    onnx.helper.set_model_props(foreign, {p.key: p.value
+                                          for p in onnx.load(str(source)).metadata_props})
+    path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, str(path))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["predict", str(path), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{path} has prcl metadata but not the inputs and outputs `prcl export` writes " \
+        "(it takes input, gives probs)" in err

@@ -1,5 +1,6 @@
 """Runs never destroy work: the run folder's rules, resume's folder, interrupts."""
 
+import errno
 import os
 import shutil
 import signal
@@ -10,13 +11,15 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_train import TINY, tiny
 
 from prcl.cli import main
-from prcl.engine import train
+from prcl.data.synthetic import CLASS_NAMES
+from prcl.engine import Trainer, train
 from prcl.engine.checkpoint import load_checkpoint
-from prcl.engine.run_folder import LOCK, RunFolderError, hold_run_folder
+from prcl.engine.run_folder import LOCK, RunFolderError, hold_run_folder, last_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,217 @@ def test_a_bad_file_met_while_training_ends_in_one_line_after_saving(cache, tmp_
     assert "val/1.png: mask values 7 are neither classes 0-2 nor 255" in err
     assert "Training stopped after step 2" in err and f"--resume {run / 'last.pth'}" in err
     assert load_checkpoint(run / "last.pth")["training"]["step"] == 2
+
+
+@pytest.fixture(scope="module")
+def early_run(cache, tmp_path_factory):
+    """A tiny run stopped after its first epoch: last.pth at step 2 of 4."""
+    run = tmp_path_factory.mktemp("early") / "run"
+    train(tiny(cache, run, "train.epochs=1"), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def finished_run(early_run, tmp_path_factory):
+    """The early run continued to its end (step 4), with its step-2 checkpoint kept apart."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(early_run, run)
+    assert main(["train", "--resume", str(run / "last.pth"), "train.epochs=2",
+                 "--no-progress"]) == 0
+    return run
+
+
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.yaml"])
+def test_resume_never_writes_through_a_link_in_the_run_folder(early_run, tmp_path, capsys,
+                                                               name):
+    run = copy_of(early_run, tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file\n")
+    (run / name).unlink()
+    (run / name).symlink_to(precious)
+    assert main(["train", "--resume", str(run / "last.pth"), "train.epochs=2",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / name} is a link (to {precious})" in err
+    assert precious.read_text() == "the user's own file\n"
+    assert load_checkpoint(run / "last.pth")["training"]["step"] == 2
+
+
+def test_resuming_an_earlier_checkpoint_is_refused_where_it_would_rewind_the_run(
+        early_run, finished_run, tmp_path, capsys):
+    run = copy_of(finished_run, tmp_path)
+    shutil.copy(early_run / "last.pth", run / "step2.pth")
+    before = snapshot(run)
+    args = ["train", "--resume", str(run / "step2.pth"), "train.epochs=2", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{run / 'last.pth'} holds step 4, later than the step 2 resumed from" in err
+    assert f"--resume {run / 'last.pth'}" in err and "train.out_dir=" in err
+    assert snapshot(run) == before
+    branch = tmp_path / "branch"
+    assert main([*args, f"train.out_dir={branch}"]) == 0
+    assert load_checkpoint(branch / "last.pth")["training"]["step"] == 4
+    assert snapshot(run) == before
+
+
+def test_overwrite_removes_only_a_runs_own_files(finished_run, cache, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("model:\n  encoder: resnet18\n")
+    args = ["train", "synthetic", *tiny_overrides(cache, mine), "train.epochs=1",
+            "--no-progress"]
+    for extra in ([], ["--overwrite"]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds a run" not in err
+        assert f"{mine / 'config.yaml'} was not written by a prcl run" in err
+        assert (mine / "config.yaml").read_text() == "model:\n  encoder: resnet18\n"
+    run = copy_of(finished_run, tmp_path)
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", "synthetic", *tiny_overrides(cache, run), "train.epochs=1",
+                 "--overwrite", "--no-progress"]) == 0
+    assert (run / "notes.txt").read_text() == "mine"
+    assert [load_checkpoint(run / n)["training"]["step"] for n in ("last.pth", "best.pth")] \
+        == [2, 2]
+
+
+def test_a_run_that_ended_before_its_first_checkpoint_is_no_run(cache, tmp_path, capsys,
+                                                                 monkeypatch):
+    run = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a crash before the first checkpoint")
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(RuntimeError, match="a crash before"):
+        train(tiny(cache, run), progress=False)
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl"}
+    monkeypatch.undo()
+    assert main(["train", "synthetic", *tiny_overrides(cache, run), "train.epochs=1",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(run / "last.pth")["training"]["step"] == 2
+    (run / "last.pth").unlink()
+    assert main(["train", "synthetic", *tiny_overrides(cache, run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and f"--resume {run / 'best.pth'}" in err
+
+
+@pytest.mark.parametrize("method", ["prcl", "mean_teacher"])
+def test_a_semi_supervised_run_with_every_image_labelled_is_refused_before_anything_is_made(
+        cache, tmp_path, capsys, method):
+    run = tmp_path / "run"
+    args = [*tiny_overrides(cache, run), "data.num_labels=24", f"train.method={method}"]
+    assert main(["train", "synthetic", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "6 labelled" not in err
+    assert f"24 labelled training images and no unlabelled one, so train.method={method}" in err
+    assert "use train.method=supervised" in err and not run.exists()
+    assert main(["check-data", "synthetic", *args]) == 0
+    assert "note: every training image is labelled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_device_this_machine_lacks_is_one_line_naming_those_it_has(cache, tmp_path, capsys,
+                                                                     monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert main(["train", "synthetic", *tiny_overrides(cache, run), f"train.device={device}",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"train.device={device}, but" in err
+    assert "use one of cpu, or auto" in err and not run.exists()
+
+
+class FullDisk:
+    """A file that takes its first 64 KiB, then fails as a full disk does."""
+
+    def __init__(self, file):
+        self.file, self.written = file, 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 1 << 16:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(
+        early_run, tmp_path, capsys, monkeypatch):
+    run = copy_of(early_run, tmp_path)
+    good = (run / "last.pth").read_bytes()
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k:
+                        FullDisk(real(fd, mode, *a, **k)) if mode == "wb"
+                        else real(fd, mode, *a, **k))
+    assert main(["train", "--resume", str(run / "last.pth"), "train.epochs=2",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"could not write {run / 'last.pth'} at step 4 (No space left on device)" in err
+    assert f"{run / 'last.pth'}, the last good checkpoint (step 2), is intact" in err
+    assert (run / "last.pth").read_bytes() == good and not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("model.rep_dim=64", "the checkpoint's network has model.rep_dim=32, not 64"),
+    ("model.encoder=resnet34", "has model.encoder=resnet18, not resnet34"),
+    ("data.dataset=folder", "the checkpoint predicts 3 classes but the data has 3"),
+])
+def test_resume_refuses_overrides_that_change_the_network_naming_the_key(
+        early_run, tmp_path, capsys, override, words):
+    run = copy_of(early_run, tmp_path)
+    before = snapshot(run)
+    folder_dataset(tmp_path / "data")
+    words = words.replace("predicts 3", f"predicts {len(CLASS_NAMES)}")
+    assert main(["train", "--resume", str(run / "last.pth"), override,
+                 f"data.root={tmp_path / 'data'}" if "folder" in override else "train.seed=1",
+                 "data.num_labels=4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    assert snapshot(run) == before
+
+
+def test_resuming_a_finished_run_says_it_is_complete_with_its_score(finished_run, tmp_path,
+                                                                    capsys):
+    run = copy_of(finished_run, tmp_path)
+    before = snapshot(run)
+    final = last_evaluation(run)
+    assert main(["train", "--resume", str(run / "last.pth"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} is complete: prcl trained all 4 steps (final mIoU " \
+        f"{final['miou'] * 100:.1f}, best {final['best_miou'] * 100:.1f})" in out
+    assert "nan" not in out and "train.epochs above 2" in out
+    assert snapshot(run) == before
+
+
+def test_resume_names_the_edits_of_config_yaml_it_does_not_use(early_run, tmp_path, capsys):
+    run = copy_of(early_run, tmp_path)
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert text.startswith("# The config of a prcl run") and "  lr: 0.06\n" in text
+    config.write_text(text.replace("  lr: 0.06\n", "  lr: 0.01\n")
+                      .replace("  epochs: 1\n", "  epochs: 2\n"))
+    assert main(["train", "--resume", str(config.parent / "last.pth"), "train.epochs=2",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {config} differs from the config the run continues with in optim.lr: " \
+        "0.01 in the file, 0.06 used." in err
+    assert "train.epochs" not in err
+    assert "  lr: 0.06\n" in config.read_text()

@@ -37,8 +37,10 @@ def _add_convert_official(sub: argparse._SubParsersAction) -> None:
 def _run_convert_official(args: argparse.Namespace) -> int:
     from prcl.config import load_config
     from prcl.engine.checkpoint import atomic_save, make_checkpoint
+    from prcl.files import refuse_overwriting_inputs
     from prcl.models import load_official
 
+    refuse_overwriting_inputs(args.output, [args.input], "output")
     model = load_official(args.input, args.num_classes, args.which)
     dataset = {21: "voc_662", 19: "cityscapes_150"}.get(args.num_classes, "voc_662")
     deep_stem = "encoder.conv1.0.weight" in model.state_dict()
@@ -76,10 +78,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from prcl.config import load_config
     from prcl.engine.checkpoint import checkpoint_config, load_checkpoint
+    from prcl.engine.run_folder import edited_config_keys
     from prcl.engine.trainer import train
 
     name, overrides = _split_config_and_overrides(args.config)
@@ -88,13 +92,28 @@ def _run_train(args: argparse.Namespace) -> int:
         if name is not None:
             raise PrclError("with --resume the run's own config is used: give only overrides")
         resume = load_checkpoint(args.resume)
+        folder = Path(args.resume).parent
         if not any(o.startswith("train.out_dir=") for o in overrides):
-            overrides = [*overrides, f"train.out_dir={Path(args.resume).parent}"]
+            overrides = [*overrides, f"train.out_dir={folder}"]
         cfg = checkpoint_config(resume, overrides)
+        edited = edited_config_keys(folder, cfg, overrides)
+        if edited:
+            print(f"note: {folder / 'config.yaml'} differs from the config the run continues "
+                  f"with in {'; '.join(edited)}. --resume uses the checkpoint's config and the "
+                  "command line's overrides (give key=value to change a key); config.yaml is "
+                  "rewritten to it", file=sys.stderr)
     else:
         cfg = load_config(name, overrides)
     result = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
-    if result.rank == 0:
+    if result.rank != 0:
+        return 0
+    if result.complete:
+        final = (f"final mIoU {result.last_miou * 100:.1f}, "
+                 if math.isfinite(result.last_miou) else "")
+        print(f"{result.run_dir} is complete: {cfg.train.method} trained all {result.steps} "
+              f"steps ({final}best {result.best_miou * 100:.1f}); nothing to do. To train "
+              f"longer, resume with train.epochs above {cfg.train.epochs}")
+    else:
         print(f"{cfg.train.method}  mIoU {result.last_miou * 100:.1f}  (best "
               f"{result.best_miou * 100:.1f}, {result.steps} steps, {result.skipped_steps} "
               f"skipped) -> {result.run_dir}")
@@ -130,11 +149,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     from prcl.engine.distributed import select_device
     from prcl.evaluation import evaluate
+    from prcl.files import atomic_write
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(ckpt, args.overrides)
     out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
-    _check_writable(out, "--json")
+    _check_writable(out, "--json", [args.checkpoint])
     model, _ = model_from_checkpoint(ckpt, args.which)
     val, class_names = build_val_dataset(cfg.data)
     trained = checkpoint_class_names(ckpt)
@@ -151,16 +171,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate(model.to(device), val, ckpt["num_classes"], cfg.eval, device,
                       num_workers=min(cfg.data.num_workers, 2))
     print(scores.table(class_names))
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
-                               "miou": scores.miou, "iou": scores.iou,
-                               "class_names": class_names,
-                               "images": len(val), "eval": vars(cfg.eval)}, indent=2))
+    text = json.dumps({"checkpoint": str(args.checkpoint), "which": args.which,
+                       "miou": scores.miou, "iou": scores.iou, "class_names": class_names,
+                       "images": len(val), "eval": vars(cfg.eval)}, indent=2)
+    atomic_write(out, lambda f: f.write(text.encode()))
     print(f"wrote {out}")
     return 0
 
 
-def _check_writable(path, option: str) -> None:
-    """Refuse, before any work, a path that cannot be written (a folder, no permission)."""
+def _check_writable(path, option: str, inputs: list[str]) -> None:
+    """Refuse, before any work, a path that cannot be written (a folder, no permission) or
+    that is one of the command's ``inputs``."""
+    from prcl.files import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(path, inputs, option)
     if path.is_dir():
         raise PrclError(f"{option} {path} is a folder; give a file name")
     try:
@@ -211,7 +235,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"),
+                   help="default: from --out's extension (.onnx; .pt, .pts or .torchscript)")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--no-uncertainty", action="store_true",
                    help="output the probabilities only (skips the probability head)")
@@ -220,12 +245,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from prcl.export import export_checkpoint
+    from prcl.export import export_checkpoint, format_for
 
-    _check_writable(Path(args.out), "--out")
-    result = export_checkpoint(args.checkpoint, args.out, args.format, args.which,
+    fmt = format_for(args.out, args.format)
+    _check_writable(Path(args.out), "--out", [args.checkpoint])
+    result = export_checkpoint(args.checkpoint, args.out, fmt, args.which,
                                uncertainty=not args.no_uncertainty)
-    print(f"wrote {result.path} ({args.format}, the {args.which}): outputs "
+    print(f"wrote {result.path} ({fmt}, the {args.which}): outputs "
           f"{', '.join(result.outputs)}; within {result.max_difference:.1g} of PyTorch")
     return 0
 

@@ -7,6 +7,7 @@ type: an unknown key is an error that names the closest valid one.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from prcl.errors import ConfigError
+from prcl.errors import ConfigError, first_line
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -308,8 +309,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] = ()) -> dict[str,
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        _set_nested(raw, key.strip().split("."), yaml.safe_load(value))
+            raise ConfigError(f"override '{_shown(item)}' must look like section.key=value")
+        _set_nested(raw, key.strip().split("."), parse_yaml(value, f"override '{_shown(key)}'"))
     return raw
 
 
@@ -333,8 +334,12 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write ``cfg`` as YAML after ``header`` (comment lines), atomically (``atomic_write``)."""
+    from prcl.files import atomic_write  # imports torch, which most config readers never need
+
+    text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -342,10 +347,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     this file's values (NAME is a built-in config or a path relative to this file)."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = parse_yaml(_decode(path.read_bytes(), path), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     base = raw.pop("base", None)
@@ -354,6 +356,76 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     sibling = path.parent / str(base)
     base_path = sibling if sibling.is_file() else resolve_config_path(str(base))
     return _merge(_read_yaml(base_path, (*seen, path.resolve())), raw)
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """A config file's text: UTF-8 (a byte-order mark allowed); ``ConfigError`` naming the
+    encoding otherwise."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            raise ConfigError(f"{path}: the file is {name} text (it starts with a {name} "
+                              "byte-order mark); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: the file is not UTF-8 text (byte 0x{data[exc.start]:02x} on "
+                          f"line {line}; Latin-1 or another 8-bit encoding?); save it as "
+                          "UTF-8") from None
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing two things a config never needs: an alias of a list or
+    mapping (a few hundred bytes of them can expand to gigabytes) and a key given twice in a
+    mapping (YAML would keep the last one silently). Aliases of plain values are fine."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if not isinstance(self.anchors.get(event.anchor), yaml.ScalarNode | None):
+                raise _Refused(f"the alias *{event.anchor} repeats a list or mapping; write it "
+                               "out in full (a config refuses such aliases, which can expand "
+                               "to gigabytes)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            earlier = first.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+            if earlier is not key_node.start_mark:
+                raise _Refused(f"the key '{_shown(key_node.value)}' appears twice in one "
+                               f"mapping (lines {earlier.line + 1} and "
+                               f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, message: str, mark: yaml.Mark) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as Python data with ``_ConfigLoader``; any problem is one ``ConfigError``
+    line naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: plain data only
+    except _Refused as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    except yaml.MarkedYAMLError as exc:
+        where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {first_line(exc)}") from None
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """``value`` as a message quotes it: its text, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -387,7 +459,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             valid = ", ".join(fields)
             raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}'{hint} (valid keys here: {valid})"
+                f"{source}: unknown key '{prefix}{_shown(key)}'{hint} (valid keys here: {valid})"
             )
     values = {}
     for name in fields:
@@ -412,7 +484,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(
-                f"{source}: '{key}' must be a list of {len(args)} values, got {value!r}"
+                f"{source}: '{key}' must be a list of {len(args)} values, got {_shown(repr(value))}"
             )
         return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
     if origin is list:
@@ -436,7 +508,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     elif hint is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(
-        f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}"
+        f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {_shown(repr(value))}"
     )
 
 
@@ -509,7 +581,8 @@ def _check_choices(cfg: Config, source: str) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             timm = ", or timm:<name> for a timm model" if key == "model.encoder" else ""
             raise ConfigError(
-                f"{source}: '{key}' is '{value}'{hint} (choose from {', '.join(choices)}{timm})"
+                f"{source}: '{key}' is '{_shown(value)}'{hint} (choose from "
+                f"{', '.join(choices)}{timm})"
             )
     for key, (low, high, allowed) in RANGES.items():
         value = _value(cfg, key)

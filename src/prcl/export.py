@@ -35,6 +35,9 @@ from prcl.files import atomic_write
 from prcl.models import DeepLabV3Plus
 
 FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript",
+            ".torchscript": "torchscript"}
+"""The format a file name's extension stands for."""
 EXPORT_FORMAT = "prcl-export-1"
 TRACE_SHAPE = (2, 3, 96, 128)
 """The example the network is traced with: every size distinct, since torch.export gives
@@ -76,6 +79,19 @@ def export_metadata(cfg: Config, class_names: list[str], uncertainty: bool,
         "eval": json.dumps(dataclasses.asdict(cfg.eval)),
         "prcl_version": __version__,
     }
+
+
+def format_for(out: str | Path, fmt: str | None = None) -> str:
+    """The format to write ``out`` in: ``fmt`` when given, else the one its extension names
+    (``SUFFIXES``); ``ExportError`` when neither says, or when they disagree."""
+    by_name = SUFFIXES.get(Path(out).suffix.lower())
+    if fmt is None and by_name is None:
+        raise ExportError(f"--out {out}: name the file .onnx (ONNX) or .pt (TorchScript), or "
+                          "give --format")
+    if fmt is not None and by_name is not None and fmt != by_name:
+        raise ExportError(f"--out {out}: its extension means {by_name}, but --format is "
+                          f"{fmt}; make them agree")
+    return fmt or by_name
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "onnx",

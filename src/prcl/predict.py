@@ -15,11 +15,14 @@ from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prcl.engine.distributed import select_device
 from prcl.errors import DataError
 from prcl.evaluation import Segment, predict
+from prcl.files import atomic_write
 from prcl.models import DeepLabV3Plus
 from prcl.runtime import OnnxSegment
 from prcl.viz import heatmap, mask_image, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_KINDS = ("mask", "overlay", "uncertainty")
+"""What is written for each image, as ``<name>_<kind>.png``."""
 
 
 def expand_images(inputs: list[str | Path]) -> list[Path]:
@@ -51,6 +54,23 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
             else p.stem for p in paths}
 
 
+def output_paths(paths: list[Path], out: Path) -> dict[Path, dict[str, Path]]:
+    """Image -> kind -> the file it is written to, ``out/<name>_<kind>.png``; ``DataError``
+    when one of them is an input image (the prediction would replace it, and a later image
+    might be read from a prediction)."""
+    inputs = {p.resolve(): p for p in paths}
+    targets = {path: {kind: out / f"{name}_{kind}.png" for kind in OUTPUT_KINDS}
+               for path, name in output_names(paths).items()}
+    for path, files in targets.items():
+        for target in files.values():
+            if target.resolve() in inputs:
+                raise DataError(
+                    f"--out {out}: the prediction of {path} would replace the input image "
+                    f"{inputs[target.resolve()]}; give an --out folder that holds no input "
+                    "images")
+    return targets
+
+
 class PredictResult(NamedTuple):
     written: list[Path]
     failed: list[str]
@@ -80,15 +100,18 @@ def predict_files(source: str | Path, inputs: list[str | Path], out_dir: str | P
     ``<name>_uncertainty.png`` (mean sigma^2 per pixel; not for an ONNX file exported without
     it) for every input image, ``<name>`` from ``output_names``, with the checkpoint or ONNX
     file ``source``. An image that cannot be read is skipped and reported; the others are
-    still written."""
+    still written. Each file is written atomically (a link there is replaced, never written
+    through); an output that would replace an input image is refused before any image is
+    read (``output_paths``)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder to write the predictions into")
     model, eval_cfg, device, uncertainty = open_predictor(source, which)
     paths = expand_images(inputs)
+    targets = output_paths(paths, out)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    for path, name in output_names(paths).items():
+    for path in paths:
         try:
             image = read_image(path)
         except DataError as exc:
@@ -100,7 +123,6 @@ def predict_files(source: str | Path, inputs: list[str | Path], out_dir: str | P
         if uncertainty:
             files["uncertainty"] = heatmap(pred.uncertainty[0, 0])
         for kind, picture in files.items():
-            target = out / f"{name}_{kind}.png"
-            picture.save(target)
-            written.append(target)
+            atomic_write(targets[path][kind], lambda f, p=picture: p.save(f, format="PNG"))
+            written.append(targets[path][kind])
     return PredictResult(written, failed, len(paths) - len(failed))

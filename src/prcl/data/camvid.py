@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prcl.data.io import IGNORE_INDEX, list_files
+from prcl.data.io import IGNORE_INDEX, broken_link_problem, broken_links, list_files
 from prcl.data.problems import raise_if_any
 from prcl.data.samples import Sample
 
@@ -73,7 +73,7 @@ class CamVidLayout:
         self.images[split] = {p.stem: p for p in list_files(image_dir, (".png",))}
         if not self.images[split]:
             return [f"{image_dir}: no images (*.png) found"]
-        return []
+        return [broken_link_problem(p) for p in broken_links(image_dir, (".png",))]
 
     def train_ids(self) -> list[str]:
         return list(self.images["train"])

@@ -71,6 +71,10 @@ def check_data(
                         problems=list(found.problems), notes=list(found.notes))
     for split in SPLITS:
         report.counts[split] = len(getattr(found, split))
+    if found.labelled and not found.unlabelled:
+        report.notes.append(f"every training image is labelled (data.num_labels="
+                            f"{cfg.num_labels}): only train.method=supervised trains on this "
+                            "split; the semi-supervised methods need unlabelled images")
     num_classes = len(found.class_names)
     if not num_classes:
         return report

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prcl.data.io import IGNORE_INDEX, IMAGE_SUFFIXES, list_files
+from prcl.data.io import (
+    IGNORE_INDEX,
+    IMAGE_SUFFIXES,
+    broken_link_problem,
+    broken_links,
+    list_files,
+)
 from prcl.data.problems import raise_if_any
 from prcl.data.samples import Sample
 
@@ -64,7 +70,9 @@ class FolderLayout:
             )
             hint = " (move the images into images/train/ and images/val/)" if flat else ""
             return [f"{image_dir}: folder not found{hint}"]
-        problems = []
+        image_links = broken_links(image_dir, IMAGE_SUFFIXES)
+        mask_links = broken_links(mask_dir, (".png",)) if mask_dir.is_dir() else []
+        problems = [broken_link_problem(p) for p in [*image_links, *mask_links]]
         images: dict[str, Path] = {}
         for path in list_files(image_dir, IMAGE_SUFFIXES):
             if path.stem in images:
@@ -73,7 +81,8 @@ class FolderLayout:
             images[path.stem] = path
         masks = {p.stem: p for p in list_files(mask_dir, (".png",))} if mask_dir.is_dir() else {}
         problems += [f"{p}: mask has no image in {image_dir}; add the image or remove the mask"
-                     for stem, p in masks.items() if stem not in images]
+                     for stem, p in masks.items()
+                     if stem not in images and stem not in {i.stem for i in image_links}]
         lossy = list_files(mask_dir, LOSSY_MASK_SUFFIXES) if mask_dir.is_dir() else []
         problems += [f"{p}: masks must be PNG (JPEG compression changes the class values "
                      "near every edge); save it as a lossless PNG" for p in lossy]

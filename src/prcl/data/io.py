@@ -6,6 +6,7 @@ grayscale ('L') or palette ('P') PNG gives its stored indices directly; 255 is i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +22,56 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 _INDEX_MODES = ("L", "P", "I", "I;16", "1")
 
+PIXEL_LIMIT_VARIABLE = "PRCL_MAX_IMAGE_PIXELS"
+"""Environment variable: the pixel count above which an image is refused, in place of PIL's
+decompression-bomb limit (twice ``Image.MAX_IMAGE_PIXELS``: 178,956,970 pixels)."""
+
+
+UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError)
+"""What PIL raises for a file it cannot read."""
+
 
 def _open(path: Path, what: str) -> Image.Image:
+    _require_file(path, what)
+    _apply_pixel_limit()
+    try:
+        img = Image.open(path)
+        img.load()
+    except UNREADABLE as exc:
+        raise _unreadable(path, what, exc) from exc
+    return img
+
+
+def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise DataError(
             f"{path}: {what} not found; restore the file or remove its id from the split list"
         )
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: cannot read {what} ({exc}); the file is damaged or not an image, "
-            "download it again or remove its id from the split"
-        ) from exc
-    return img
+
+
+def _apply_pixel_limit() -> None:
+    """Set PIL's limit from ``PIXEL_LIMIT_VARIABLE`` where the user gave one."""
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is not None:
+        if not value.isdigit() or int(value) < 2:
+            raise DataError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: give a number of pixels, e.g. "
+                            "400000000")
+        Image.MAX_IMAGE_PIXELS = int(value) // 2  # PIL refuses above twice this
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> DataError:
+    """The DataError for a file PIL could not read: too many pixels (PIL's guard against
+    decompression bombs), or damaged."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return DataError(
+            f"{path}: the {what} has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, the limit "
+            f"that guards against decompression bombs; shrink it, or raise the limit with "
+            f"{PIXEL_LIMIT_VARIABLE}=<pixels> if you trust the file"
+        )
+    return DataError(
+        f"{path}: cannot read {what} ({exc}); the file is damaged or not an image, "
+        "download it again or remove its id from the split"
+    )
 
 
 EXIF_ORIENTATION = 0x0112
@@ -77,16 +113,14 @@ def read_mask(path: str | Path) -> np.ndarray:
 def header_size(path: Path, what: str) -> tuple[int, int]:
     """(width, height) of an image file as ``read_image`` returns it, from its header alone
     (the pixels are not decoded); a missing or unreadable file raises DataError."""
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found; restore the file or remove its id from "
-                        "the split list")
+    _require_file(path, what)
+    _apply_pixel_limit()
     try:
         with Image.open(path) as img:
             width, height = img.size
             turned = img.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc}); the file is damaged or not an "
-                        "image, download it again or remove its id from the split") from exc
+    except UNREADABLE as exc:
+        raise _unreadable(path, what, exc) from exc
     return (height, width) if turned else (width, height)
 
 
@@ -118,3 +152,15 @@ def check_same_size(
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files in folder (not recursive) whose suffix is one of suffixes, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def broken_links(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Links in folder (not recursive) with one of suffixes whose target does not exist
+    (``list_files`` leaves them out), sorted by name."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_symlink() and not p.exists() and p.suffix.lower() in suffixes)
+
+
+def broken_link_problem(path: Path) -> str:
+    return (f"{path}: a link to {os.readlink(path)}, which does not exist; restore its target "
+            "or remove the link")

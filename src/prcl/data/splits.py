@@ -20,6 +20,7 @@ import numpy as np
 
 from prcl.data.samples import Sample
 from prcl.errors import DataError
+from prcl.files import atomic_write
 
 SPLIT_FILES = {
     "labelled": "labeled_filename.txt",
@@ -88,11 +89,18 @@ def generate_split(
 
 def write_split(split: Split, split_dir: str | Path, num_labels: int, seed: int,
                 val_ids: Sequence[str] | None = None, overwrite: bool = False) -> Path:
-    """Write a split in the authors' layout; refuse to change existing lists unless told to."""
+    """Write a split in the authors' layout; refuse to change existing lists unless told to,
+    and refuse ids that would not read back as they are (``unlistable_id``)."""
     folder = split_folder(split_dir, num_labels, seed)
     lists = {"labelled": split.labelled, "unlabelled": split.unlabelled}
     if val_ids is not None:
         lists["val"] = list(val_ids)
+    for role, ids in lists.items():
+        bad = next((i for i in ids if unlistable_id(i)), None)
+        if bad is not None:
+            raise DataError(f"image id {bad!r} ({role}) holds a line break or starts or ends "
+                            f"with a space, so {SPLIT_FILES[role]} (one id per line) cannot "
+                            "list it; rename the image's files")
     texts = {SPLIT_FILES[role]: "".join(f"{i}\n" for i in ids) for role, ids in lists.items()}
     for name, text in texts.items():
         path = folder / name
@@ -101,8 +109,14 @@ def write_split(split: Split, split_dir: str | Path, num_labels: int, seed: int,
                             "choose another output folder")
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
-        (folder / name).write_text(text)
+        atomic_write(folder / name, lambda f, t=text: f.write(t.encode()))
     return folder
+
+
+def unlistable_id(image_id: str) -> bool:
+    """Whether ``image_id`` would read back from a split list as something else: a line
+    break inside, or spaces around (``_read_ids`` strips each line)."""
+    return len(image_id.splitlines()) != 1 or image_id.strip() != image_id
 
 
 def _duplicates(ids: Sequence[str]) -> list[str]:

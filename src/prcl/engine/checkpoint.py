@@ -57,6 +57,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step a checkpoint holds (0 for weights only), read without loading its
+    tensors (they are memory-mapped)."""
+    ckpt = read_pth(path, mmap=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a prcl checkpoint")
+    return (ckpt.get("training") or {}).get("step", 0)
+
+
 def checkpoint_config(ckpt: dict[str, Any], overrides: list[str] = ()) -> Config:
     """The run's config stored in a checkpoint, with ``a.b=value`` overrides on top."""
     raw = apply_overrides(copy.deepcopy(ckpt["config"]), overrides)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from prcl.errors import PrclError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -33,13 +35,26 @@ class Runtime:
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU when CUDA is present, else the CPU."""
+    """``auto``: this process's GPU when CUDA is present, else the CPU. A device this machine
+    does not have raises ``PrclError`` naming those it has."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    present = available_devices()
+    if device.type != "cpu" and str(device) not in present:
+        raise PrclError(f"train.device={name}, but this machine (or this build of PyTorch) "
+                        f"has no {device}: use one of {', '.join(present)}, or auto")
     return device
+
+
+def available_devices() -> list[str]:
+    """The devices PyTorch can use here: cpu, cuda:0 ... cuda:N-1, mps."""
+    found = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
 
 
 def setup_runtime(device: str = "auto") -> Runtime:

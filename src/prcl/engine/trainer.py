@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from prcl.config import Config, save_config
+from prcl.config import Config, ModelConfig, config_to_dict, save_config
 from prcl.data import DataBundle, build_datasets
 from prcl.engine import distributed
 from prcl.engine.batchnorm_counts import BatchNormCounts
-from prcl.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from prcl.engine.checkpoint import (
+    atomic_save,
+    checkpoint_step,
+    load_checkpoint,
+    make_checkpoint,
+)
 from prcl.engine.ema import TEACHER_UNRUN, ema_update
 from prcl.engine.guard import (
     MAX_LOSS,
@@ -37,7 +43,7 @@ from prcl.engine.guard import (
 )
 from prcl.engine.interrupts import EXIT_CODES, Interrupted, StopRequest, catch_stop_signals
 from prcl.engine.loaders import endless_loader, sample_seed, worker_error_message
-from prcl.engine.run_folder import hold_run_folder
+from prcl.engine.run_folder import CONFIG_HEADER, hold_run_folder
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_lr, ramp_down
 from prcl.engine.step import (
@@ -46,7 +52,7 @@ from prcl.engine.step import (
     prcl_step_losses,
     supervised_step_losses,
 )
-from prcl.errors import DataError, PrclError
+from prcl.errors import CheckpointError, DataError, PrclError, first_line
 from prcl.evaluation import Scores, evaluate
 from prcl.models import model_from_config
 
@@ -54,6 +60,15 @@ from prcl.models import model_from_config
 class TrainingDiverged(PrclError):
     """Too many consecutive steps whose loss or gradients were not finite (or whose loss
     exploded), or weights that are no longer finite: no checkpoint is written from them."""
+
+
+class CheckpointNotWritten(PrclError):
+    """The system refused a checkpoint (a full disk); the one already there is intact."""
+
+
+NETWORK_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                     if f.name not in ("pretrained", "output_stride"))
+"""The keys that shape the network's weights: a resumed run must keep them."""
 
 
 @dataclass
@@ -64,6 +79,8 @@ class TrainResult:
     last_miou: float
     skipped_steps: int
     rank: int = 0
+    complete: bool = False
+    """A resumed run that had already trained its last step: nothing was trained."""
 
 
 def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -120,6 +137,8 @@ class Trainer:
                  overwrite: bool = False, data: DataBundle | None = None,
                  bar_position: int = 0) -> None:
         state = load_checkpoint(resume) if isinstance(resume, str | Path) else resume
+        if state is not None:
+            _check_same_network(state, cfg)
         self.cfg = cfg
         self.rt = runtime or distributed.setup_runtime(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic, self.rt.device)
@@ -127,7 +146,10 @@ class Trainer:
         self.progress = progress and self.rt.is_main
         self.bar_position = bar_position
         self.overwrite = overwrite
-        self.data = build_datasets(cfg.data) if data is None else data
+        if data is None:
+            data = build_datasets(cfg.data)
+            _refuse_nothing_unlabelled(data, cfg.train.method)
+        self.data = data
         self.num_classes = self.data.num_classes
         self.semi = cfg.train.method != "supervised"
         self.contrastive = cfg.train.method == "prcl"
@@ -343,10 +365,15 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> TrainResult:
         """Train until ``train.epochs * train.steps_per_epoch`` steps (or ``max_steps``),
         evaluating every ``train.eval_every`` epochs and at the end. The main process holds
-        the run folder meanwhile (``hold_run_folder``)."""
+        the run folder meanwhile (``hold_run_folder``). A resumed run that had already
+        reached its last step trains nothing and touches no file (``TrainResult.complete``)."""
+        if self.step >= self.total_steps:
+            return TrainResult(self.run_dir, self.step, self.best_miou, self.last_miou,
+                               self.skipped_steps, self.rt.rank, complete=True)
         if not self.rt.is_main:
             return self._fit(max_steps)
-        with hold_run_folder(self.run_dir, fresh=self.step == 0, overwrite=self.overwrite):
+        with hold_run_folder(self.run_dir, fresh=self.step == 0, overwrite=self.overwrite,
+                             step=self.step):
             return self._fit(max_steps)
 
     def _fit(self, max_steps: int | None) -> TrainResult:
@@ -355,7 +382,7 @@ class Trainer:
         eval_period = cfg.train.eval_every * cfg.train.steps_per_epoch
         self.log = RunLog(self.run_dir, enabled=rt.is_main, fresh=self.step == 0)
         if rt.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", CONFIG_HEADER)
         self._log_start()
         labelled, unlabelled = self._loaders()
         bar = tqdm(total=stop, initial=self.step, disable=not self.progress, dynamic_ncols=True,
@@ -456,6 +483,7 @@ class Trainer:
         training = {
             "step": self.step,
             "best_miou": self.best_miou,
+            "last_miou": self.last_miou,
             "skipped_steps": skips.skipped,
             "nonfinite_streak": skips.streak,
             "optimizer": self.optimizer.state_dict(),
@@ -485,7 +513,25 @@ class Trainer:
                 f"stopped at step {self.step}: {len(broken)} weight tensors are no longer finite "
                 f"(first: {broken[0]}), so {name} was not written. {self._rates_advice()}"
             )
-        return atomic_save(ckpt, self.run_dir / name) if self.rt.is_main else self.run_dir / name
+        path = self.run_dir / name
+        if not self.rt.is_main:
+            return path
+        try:
+            return atomic_save(ckpt, path)
+        except OSError as exc:
+            raise CheckpointNotWritten(f"could not write {path} at step {self.step} "
+                                       f"({exc.strerror}); {self._last_good()}") from exc
+
+    def _last_good(self) -> str:
+        """Where the run can continue from after a failed save."""
+        last = self.run_dir / "last.pth"
+        try:
+            step = checkpoint_step(last)
+        except CheckpointError:
+            return (f"no checkpoint of this run is in {self.run_dir}: make room there, or set "
+                    "train.out_dir to another folder, and start again")
+        return (f"{last}, the last good checkpoint (step {step}), is intact: make room in "
+                f"{self.run_dir} and continue with `prcl train --resume {last}`")
 
     def _rates_advice(self) -> str:
         """The learning rates this run actually used, and the last good checkpoint if any."""
@@ -510,8 +556,17 @@ class Trainer:
         if saved_optimizer != self.cfg.optim.optimizer:
             raise PrclError(f"the checkpoint was trained with optim.optimizer={saved_optimizer}; "
                             f"resume with the same (now {self.cfg.optim.optimizer})")
-        self.student.load_state_dict(ckpt["student"])
-        self.teacher.load_state_dict(ckpt["teacher"])
+        if ckpt["num_classes"] != self.num_classes:
+            raise CheckpointError(
+                f"the checkpoint predicts {ckpt['num_classes']} classes but the data has "
+                f"{self.num_classes} ({', '.join(self.data.class_names)}); resume on the data "
+                "the run was trained on (drop the data.dataset and data.root overrides)")
+        try:
+            self.student.load_state_dict(ckpt["student"])
+            self.teacher.load_state_dict(ckpt["teacher"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"the checkpoint's weights do not fit the network "
+                                  f"({first_line(exc)})") from None
         for optimizer, saved in ((self.optimizer, training["optimizer"]),
                                  (self.head_optimizer, training["head_optimizer"])):
             optimizer.load_state_dict(saved)
@@ -525,6 +580,7 @@ class Trainer:
         torch.set_rng_state(training["torch_rng"])
         self.step = training["step"]
         self.best_miou = training["best_miou"]
+        self.last_miou = training.get("last_miou", float("nan"))
         self.skips = SkipCounters(self.rt.device, training["skipped_steps"],
                                   training["nonfinite_streak"])
 
@@ -565,6 +621,28 @@ class Trainer:
                         unsup=f"{values['unsupervised']:.3f}",
                         prcl=f"{values['contrastive']:.3f}", lr=f"{values['lr']:.2e}")
         self.log.record("train", {"step": self.step, **values}, step=self.step)
+
+
+def _refuse_nothing_unlabelled(data: DataBundle, method: str) -> None:
+    """A semi-supervised method needs unlabelled images: refuse a split without any, before
+    anything is made."""
+    if method != "supervised" and not len(data.unlabelled):
+        raise DataError(
+            f"the split has {len(data.labelled)} labelled training images and no unlabelled "
+            f"one, so train.method={method} has no image to learn from without labels: use "
+            "train.method=supervised, or label fewer images (data.num_labels)")
+
+
+def _check_same_network(ckpt: dict[str, Any], cfg: Config) -> None:
+    """A resumed run must build the network its checkpoint holds: refuse, naming the key,
+    an override of a ``NETWORK_KEYS`` key."""
+    saved, wanted = ckpt["config"], config_to_dict(cfg)
+    for key in NETWORK_KEYS:
+        section, name = key.split(".")
+        was, now = saved.get(section, {}).get(name), wanted[section][name]
+        if was != now:
+            raise CheckpointError(f"the checkpoint's network has {key}={was}, not {now}: "
+                                  f"resume with the same {key} (drop its override)")
 
 
 def train(cfg: Config, resume: str | Path | dict[str, Any] | None = None,
