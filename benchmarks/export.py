@@ -1,6 +1,6 @@
 """Images/s of the exported ONNX model in onnxruntime against PyTorch eager, on the CPU.
 
-The demo's network (``configs/synthetic.yaml``: ResNet-18, 64-channel heads, 5 classes),
+The demo's network (``src/prcl/configs/synthetic.yaml``: ResNet-18, 64-channel heads, 5 classes),
 randomly initialised or from ``--checkpoint``, exported as ``prcl export`` does (class
 probabilities and uncertainty at input size). Both run the same graph on the same batch with
 the same number of threads: PyTorch as ``prcl.evaluation.Segmenter`` under inference_mode,

@@ -8,12 +8,15 @@ import torch
 
 torch.set_num_threads(2)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REFERENCE_DATA = "PRCL_REFERENCE_DATA"
 
 
 @pytest.fixture
 def shared_dir() -> Path:
-    """The team's reference data (``../shared``); tests that need it skip when it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared (reference data) is not present in this checkout")
-    return SHARED
+    """Reference data that the repository does not hold (real VOC images, the authors'
+    split lists and their checkpoint's key list), in the folder that ``$PRCL_REFERENCE_DATA``
+    names; tests that need it skip without it."""
+    folder = Path(os.environ.get(REFERENCE_DATA, "")).expanduser()
+    if not os.environ.get(REFERENCE_DATA) or not folder.is_dir():
+        pytest.skip(f"reference data not found: set {REFERENCE_DATA} to its folder")
+    return folder

@@ -49,10 +49,16 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
+    """The built-in dataset (data.dataset=synthetic), generated on first use (docs/data.md)."""
+
     num_train: int = 640
+    """Training images to generate."""
     num_val: int = 128
+    """Validation images to generate."""
     image_size: int = 160
+    """Nominal image side; each image's height and width are drawn within 80-120% of it."""
     seed: int = 0
+    """Seed of the generator: the same seed gives the same images on any machine."""
 
 
 @dataclass
@@ -67,6 +73,8 @@ class DataConfig:
     num_labels: int = 662
     """Labelled training images; the rest of the training set is unlabelled."""
     split_seed: int = 3407
+    """Seed of the generated split (which images are labelled); with split_dir, the <seed>
+    folder to read."""
     class_names: list[str] | None = None
     """Class names in index order. CamVid needs them (its label files hold indices only; the
     built-in camvid configs list them); null for the others, which name their own classes."""
@@ -78,12 +86,16 @@ class DataConfig:
     """Resize every image (antialiased) and mask (nearest) by this factor as it is read, for
     training and evaluation alike: 0.5 trains and scores at half the native resolution."""
     crop_size: int = 321
+    """Side of the square training crops, labelled and unlabelled (padded when an image is
+    smaller)."""
     scale_range: tuple[float, float] = (0.5, 1.5)
+    """Random rescale of training images before the crop: [low, high] factors."""
     batch_size: int = 2
     """Labelled images per process (per GPU)."""
     unlabeled_batch_size: int | None = None
     """Unlabelled images per process; null means the same as batch_size."""
     num_workers: int = 4
+    """DataLoader worker processes per training process (0: read in the main process)."""
     mix_mode: str = "classmix"
     """classmix | cutmix | cutout | none"""
     mix_across_ranks: bool = True
@@ -97,14 +109,20 @@ class LossConfig:
     """Thresholds and sampling of docs/method.md sections 5-7."""
 
     weak_threshold: float = 0.7
+    """Unlabelled pixels take part in the PRCL loss from this pseudo-label confidence on."""
     strong_threshold: float = 0.8
+    """Anchors are valid pixels whose predicted probability of their class is below this."""
     un_threshold: float = 0.97
+    """Confidence from which a pseudo-labelled pixel counts in the unsupervised loss's weight."""
     unsupervised_weighting: str = "image"
     """How un_threshold weighs the pseudo-label loss: image (the authors': each image by its
     fraction of confident pixels) | pixel (only the confident pixels count, as in FixMatch)"""
     temperature: float = 100.0
+    """Divides the mutual likelihood scores before the softmax of the PRCL loss."""
     num_queries: int = 256
+    """Anchors drawn per class and step."""
     num_negatives: int = 512
+    """Negatives drawn per anchor."""
     prototypes: str = "batch"
     """Where the positive comes from: batch (the AAAI paper: the current batch's prototypes) |
     global (the 2024 extension's global distribution prototypes, GDP, gathered over the run)"""
@@ -123,9 +141,13 @@ class RampConfig:
     """lambda_c = max_value * exp(ramp_mult * (epoch / max_epoch)^2), clipped at min_value."""
 
     max_value: float = 1.0
+    """lambda_c at epoch 0."""
     min_value: float = 0.0
+    """Floor of lambda_c."""
     ramp_mult: float = -5.0
+    """Exponent factor: lambda_c reaches max_value * exp(ramp_mult) at max_epoch."""
     max_epoch: int = 200
+    """Epoch at which the ramp ends; keep it equal to train.epochs."""
 
 
 @dataclass
@@ -135,12 +157,21 @@ class OptimConfig:
     adamw (Adam with decoupled weight decay, betas (0.9, 0.999); momentum and nesterov are
     not used): far fewer steps to a good network trained from scratch"""
     lr: float = 3.2e-3
+    """Learning rate of the encoder, decoder and heads, for a total labelled batch of
+    reference_batch_size."""
     probability_head_lr: float = 5e-5
+    """Learning rate of the probability head (sigma^2), in its own optimiser; too large a rate
+    makes training diverge."""
     weight_decay: float = 5e-4
+    """sgd: an L2 term added to the gradient; adamw: decoupled weight decay."""
     momentum: float = 0.9
+    """SGD only."""
     nesterov: bool = True
+    """SGD only: Nesterov momentum."""
     poly_power: float = 0.9
+    """Poly decay: lr * (1 - step / total_steps)^poly_power, stepped every optimiser step."""
     min_lr: float = 1e-6
+    """Floor of both learning rates."""
     lr_warmup_steps: int = 0
     """Steps of linear learning-rate warm-up before the poly decay (0: none, the authors')."""
     reference_batch_size: int = 16
@@ -160,12 +191,15 @@ class TrainConfig:
     """Optimiser steps per 'epoch'. The authors count ~2,000 images per GPU: 1,000 steps at
     batch 2. lambda_c ramps down per epoch; evaluation runs every eval_every epochs."""
     ema_alpha: float = 0.99
+    """Mean teacher's EMA decay: min(1 - 1 / (step + 1), ema_alpha) after every step."""
     labelled_warmup_epochs: int = 0
     """prcl and mean_teacher: epochs at the start that train exactly as the supervised
     baseline does (cross-entropy on the labelled batch) before the teacher's pseudo-labels (and
     the PRCL loss) join, like U2PL's sup_only_epoch; the teacher follows the student
     meanwhile. 0 is the authors' recipe."""
     eval_every: int = 5
+    """Evaluate (and write best.pth when the mIoU improves) every this many epochs, and at the
+    end."""
     amp: str = "auto"
     """auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | none"""
     memory_format: str = "auto"
@@ -182,16 +216,21 @@ class TrainConfig:
     (the teacher makes pseudo-labels in eval mode, with running statistics averaged from the
     student's like its weights, as timm's ModelEmaV2): with batches of a few images the
     teacher's own statistics are off, which costs its pseudo-labels and its evaluation
-    (README, Results)"""
+    (docs/results.md)"""
     compile: bool = False
     """torch.compile the student and the teacher for training (the first steps compile;
     evaluation stays eager)"""
     seed: int = 3407
+    """Seed of the initialisation, the data order and the augmentation's random draws."""
     deterministic: bool = False
+    """Deterministic algorithms only (torch.use_deterministic_algorithms; on CUDA, an operator
+    without a deterministic version warns instead of failing) and no cuDNN autotuning."""
     out_dir: str = "runs/prcl"
+    """Run folder: config.yaml, metrics.jsonl, tensorboard/, last.pth, best.pth."""
     max_nonfinite_steps: int = 20
     """Stop after this many consecutive steps whose loss is NaN or infinite."""
     log_every: int = 20
+    """Steps between log records (losses, learning rates) and checks of skipped steps."""
     device: str = "auto"
     """auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"""
 
@@ -201,9 +240,14 @@ class EvalConfig:
     mode: str = "whole"
     """whole (the whole image, VOC) | sliding (a sliding window, Cityscapes)"""
     window: int = 769
+    """Sliding mode: side of the square window."""
     stride: int = 512
+    """Sliding mode: step between windows."""
     flip: bool = False
+    """Also predict the horizontally flipped image and average the probabilities."""
     batch_size: int = 1
+    """Not read: evaluation runs one image at a time (whole images differ in size); kept so that
+    configs and checkpoints that set it still load."""
 
 
 @dataclass

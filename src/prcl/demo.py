@@ -64,7 +64,7 @@ def threads_each(cfg: Config, side_by_side: bool | None = None) -> int:
     least one), 0 when they run one after the other. ``side_by_side`` None: side by side on
     a CPU with at least two cores, where the demo then trains with the thread count of the
     benchmark's tables (one per run on two cores) in about the time one after the other
-    takes (README, Two commands); one after the other on a GPU or a single core."""
+    takes (docs/performance.md, The demo); one after the other on a GPU or a single core."""
     cores = available_cores()
     if side_by_side is None:
         side_by_side = cores >= 2 and select_device(cfg.train.device).type == "cpu"

@@ -44,7 +44,7 @@ OBJECT_SIZE = (0.10, 0.28)
 """Object radius as a fraction of the image side. Wide enough that 40 labelled images do not
 show every class at every size: with (0.14, 0.25) (generator version 2) the 40-label
 baseline came within a few points of the all-labelled one on some seeds, leaving nothing for
-the unlabelled images to add (README, Results)."""
+the unlabelled images to add (docs/results.md)."""
 RING_HOLE = 0.5
 """Radius of a ring's hole as a fraction of its outer radius."""
 TEXTURE_PERIOD = (8.0, 11.0)

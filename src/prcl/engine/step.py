@@ -77,7 +77,7 @@ def student_outputs(
     student: nn.Module, images_l: Tensor, images_u: Tensor, student_pass: str,
     representation: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """docs/method.md 7.2 step 6: the student on the labelled batch images_l [B_l, 3, H, W] and
+    """docs/method.md 7.6: the student on the labelled batch images_l [B_l, 3, H, W] and
     the augmented unlabelled batch images_u [B_u, 3, H, W] -> logits, mu and var, each
     [B_l + B_u, ., h, w], the labelled images first; mu and var are None without
     ``representation`` (the mean teacher alone).
