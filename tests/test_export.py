@@ -255,6 +255,7 @@ def _with_metadata(source, path, **changes):
     ({"class_names": json.dumps(CLASSES[:4])},
      "outputs 5 classes but its metadata names 4 (background, cat, dog, car)"),
     ({"class_names": None}, "its prcl metadata lacks class_names"),
+    ({"image_scale": "0"}, "metadata: 'data.image_scale' is 0.0; it must be above 0"),
 ])
 def test_predict_checks_an_onnx_files_metadata(exported, tmp_path, capsys, changes, words):
     _, source = exported
@@ -284,3 +285,29 @@ def test_predict_refuses_a_foreign_model_carrying_prcl_metadata(exported, tmp_pa
     assert err.count("\n") == 1
     assert f"{path} has prcl metadata but not the inputs and outputs `prcl export` writes " \
         "(it takes input, gives probs)" in err
+
+
+def test_predict_runs_at_the_scale_the_network_was_trained_at(exported, tmp_path, capsys):
+    """A network trained with data.image_scale=0.5 predicts each image at half its size, and
+    the mask comes back at the image's own size, from the checkpoint and from its export."""
+    checkpoint, _ = exported
+    ckpt = read_checkpoint(checkpoint)
+    ckpt["config"]["data"]["image_scale"] = 0.5
+    half = tmp_path / "half.pth"
+    atomic_save(ckpt, half)
+    assert main(["export", str(half), "--out", str(tmp_path / "half.onnx")]) == 0
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    small = torch.nn.functional.interpolate(image[None], size=(24, 40), mode="bilinear",
+                                            antialias=True).clamp(0, 1)
+    probs, _ = _pytorch(half, normalize(small))
+    want = torch.nn.functional.interpolate(probs, size=(48, 80), mode="bilinear").argmax(1)[0]
+    for source, out in ((half, "pth"), (tmp_path / "half.onnx", "onnx")):
+        assert main(["predict", str(source), str(tmp_path / "a.png"), "--out",
+                     str(tmp_path / out)]) == 0
+        mask = np.asarray(Image.open(tmp_path / out / "a_mask.png"))
+        assert mask.shape == (48, 80)
+        assert (mask == want.numpy()).mean() > 0.99, out
+    capsys.readouterr()

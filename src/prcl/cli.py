@@ -202,7 +202,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="masks, overlays and uncertainty maps for images",
         description="For each image: <name>_mask.png (palette PNG of class indices), "
         "<name>_overlay.png, and <name>_uncertainty.png, a heatmap of the mean variance "
-        "sigma^2 of each pixel's representation (bright = uncertain). CHECKPOINT may be a "
+        "sigma^2 of each pixel's representation (bright = uncertain), all at the image's own "
+        "size; a network trained with data.image_scale predicts at that scale. CHECKPOINT may be a "
         "file written by `prcl export` (.onnx, run in onnxruntime: pip install 'prcl[onnx]').",
     )
     p.add_argument("checkpoint", help="a prcl checkpoint (.pth) or an exported .onnx file")

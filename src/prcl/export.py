@@ -77,6 +77,7 @@ def export_metadata(cfg: Config, class_names: list[str], uncertainty: bool,
         "encoder": cfg.model.encoder,
         "network": which,
         "eval": json.dumps(dataclasses.asdict(cfg.eval)),
+        "image_scale": json.dumps(cfg.data.image_scale),
         "prcl_version": __version__,
     }
 

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from prcl.config import EvalConfig
 from prcl.data.io import read_image
+from prcl.data.transforms import rescale_image
 from prcl.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prcl.engine.distributed import select_device
 from prcl.errors import DataError
-from prcl.evaluation import Segment, predict
+from prcl.evaluation import Prediction, Segment, predict
 from prcl.files import atomic_write
 from prcl.models import DeepLabV3Plus
 from prcl.runtime import OnnxSegment
@@ -79,18 +82,41 @@ class PredictResult(NamedTuple):
     """Images predicted."""
 
 
-def open_predictor(source: str | Path,
-                   which: str = "teacher") -> tuple[DeepLabV3Plus | Segment, EvalConfig,
-                                                    torch.device, bool]:
+class Predictor(NamedTuple):
+    """A network ready to predict, and how: ``eval`` settings, device, whether it gives the
+    uncertainty, and the ``data.image_scale`` it was trained at."""
+
+    segment: DeepLabV3Plus | Segment
+    eval_config: EvalConfig
+    device: torch.device
+    uncertainty: bool
+    image_scale: float
+
+
+def open_predictor(source: str | Path, which: str = "teacher") -> Predictor:
     """A checkpoint's ``which`` network on its configured device, or an exported ``.onnx`` file
-    in onnxruntime on the CPU; with how to predict (``eval``) and whether it gives the
-    uncertainty."""
+    in onnxruntime on the CPU."""
     if Path(source).suffix.lower() == ".onnx":
         onnx = OnnxSegment(source)
-        return onnx, onnx.eval_config, torch.device("cpu"), onnx.has_uncertainty
+        return Predictor(onnx, onnx.eval_config, torch.device("cpu"), onnx.has_uncertainty,
+                         onnx.metadata["image_scale"])
     model, cfg = model_from_checkpoint(load_checkpoint(source), which)
     device = select_device(cfg.train.device)
-    return model.to(device).eval(), cfg.eval, device, True
+    return Predictor(model.to(device).eval(), cfg.eval, device, True, cfg.data.image_scale)
+
+
+def predict_at_scale(predictor: Predictor, image: Tensor) -> Prediction:
+    """``predict`` one image [3, H, W] resized by the scale the network was trained at
+    (``data.image_scale``), its probabilities and uncertainty [1, ., H, W] brought back to the
+    image's own size (bilinear)."""
+    small = rescale_image(image, predictor.image_scale)[None].to(predictor.device)
+    pred = predict(predictor.segment, small, predictor.eval_config,
+                   uncertainty=predictor.uncertainty)
+    if predictor.image_scale == 1:
+        return pred
+    size = image.shape[-2:]
+    return Prediction(*(None if t is None else F.interpolate(t, size=size, mode="bilinear")
+                        for t in pred))
 
 
 @torch.no_grad()
@@ -99,14 +125,15 @@ def predict_files(source: str | Path, inputs: list[str | Path], out_dir: str | P
     """Write ``<name>_mask.png`` (palette PNG), ``<name>_overlay.png`` and
     ``<name>_uncertainty.png`` (mean sigma^2 per pixel; not for an ONNX file exported without
     it) for every input image, ``<name>`` from ``output_names``, with the checkpoint or ONNX
-    file ``source``. An image that cannot be read is skipped and reported; the others are
+    file ``source``, each image predicted at the scale the network was trained at
+    (``predict_at_scale``). An image that cannot be read is skipped and reported; the others are
     still written. Each file is written atomically (a link there is replaced, never written
     through); an output that would replace an input image is refused before any image is
     read (``output_paths``)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder to write the predictions into")
-    model, eval_cfg, device, uncertainty = open_predictor(source, which)
+    predictor = open_predictor(source, which)
     paths = expand_images(inputs)
     targets = output_paths(paths, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,10 +144,10 @@ def predict_files(source: str | Path, inputs: list[str | Path], out_dir: str | P
         except DataError as exc:
             failed.append(str(exc))
             continue
-        pred = predict(model, image[None].to(device), eval_cfg, uncertainty=uncertainty)
+        pred = predict_at_scale(predictor, image)
         mask = pred.probs[0].argmax(0).cpu()
         files = {"mask": mask_image(mask), "overlay": overlay(image, mask)}
-        if uncertainty:
+        if predictor.uncertainty:
             files["uncertainty"] = heatmap(pred.uncertainty[0, 0])
         for kind, picture in files.items():
             atomic_write(targets[path][kind], lambda f, p=picture: p.save(f, format="PNG"))

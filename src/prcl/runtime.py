@@ -19,8 +19,10 @@ from prcl.evaluation import Prediction
 from prcl.export import EXPORT_FORMAT
 from prcl.extras import import_extra
 
-JSON_KEYS = ("class_names", "mean", "std", "eval")
-"""Metadata values written as JSON (the others are plain text)."""
+REQUIRED_KEYS = ("class_names", "mean", "std", "eval")
+JSON_KEYS = (*REQUIRED_KEYS, "image_scale")
+"""Metadata values written as JSON (the others are plain text); ``image_scale`` may be missing
+(files exported before it existed: 1)."""
 
 
 def read_export_metadata(raw: dict[str, str], path: str | Path) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def read_export_metadata(raw: dict[str, str], path: str | Path) -> dict[str, Any
     if raw.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} was not written by `prcl export` (its metadata has no "
                               f"format '{EXPORT_FORMAT}'); export the checkpoint again")
-    missing = [k for k in JSON_KEYS if k not in raw]
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: its prcl metadata lacks {', '.join(missing)}; export "
                               "the checkpoint again")
@@ -48,7 +50,10 @@ def read_export_metadata(raw: dict[str, str], path: str | Path) -> dict[str, Any
             above = "above 0" if low == 0 else "finite"
             raise CheckpointError(f"{path}: metadata '{key}' is {_short(raw[key])}; it must be "
                                   f"3 numbers, {above}, one per channel")
-    meta["eval"] = config_from_dict({"eval": meta["eval"]}, source=f"{path} metadata").eval
+    checked = config_from_dict({"eval": meta["eval"],
+                                "data": {"image_scale": meta.get("image_scale", 1.0)}},
+                               source=f"{path} metadata")
+    meta["eval"], meta["image_scale"] = checked.eval, checked.data.image_scale
     return meta
 
 
@@ -66,8 +71,9 @@ def _short(text: str, limit: int = 200) -> str:
 class OnnxSegment:
     """An exported ONNX file as a ``Segment``: ``(images [B, 3, H, W] in [0, 1], uncertainty)
     -> Prediction`` at image size, normalised with the file's own mean and std. ``metadata``
-    holds the file's class names, normalisation and ``eval`` settings; ``eval_config`` the
-    latter as an ``EvalConfig``; ``has_uncertainty`` whether the file outputs it."""
+    holds the file's class names, normalisation, ``eval`` settings and the ``image_scale`` the
+    network was trained at; ``eval_config`` the eval settings as an ``EvalConfig``;
+    ``has_uncertainty`` whether the file outputs it."""
 
     def __init__(self, path: str | Path) -> None:
         ort = import_extra("onnxruntime", "onnx", f"running {path}")
