@@ -36,7 +36,7 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
     ``side_by_side`` (default: on a CPU with at least two cores) trains the two at once, one
     process each with half the cores (``train_side_by_side``); otherwise one after the other
     with every core. The numbers depend on the thread count, so the two ways print different
-    mIoUs; side by side on a 2-core CPU they are ``benchmarks/synthetic.py --jobs 2``'s."""
+    mIoUs; side by side on a 2-core CPU they are ``benchmarks/methods.py synthetic --jobs 2``'s."""
     out = Path(out_dir)
     configs = {m: load_config("synthetic", [*overrides, f"train.method={m}",
                                             f"train.out_dir={out / m}"]) for m in METHODS}
