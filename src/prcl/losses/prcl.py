@@ -22,7 +22,7 @@ PROTOTYPES = ("batch", "global")
 
 
 class ContrastiveStatistics(NamedTuple):
-    """How far the last call's loss is from chance (docs/method.md section 6): ``[]`` device
+    """How far the last call's loss is from chance (docs/method.md 6.6): ``[]`` device
     tensors, both 0 when the call had no anchor to score.
 
     chance: the mean over anchors of ln(number of candidates), the loss of a uniform softmax
