@@ -16,8 +16,9 @@ loss over chance, the positive's probability and the mean sigma^2, medians over 
 half of the run), then per row the mean, standard deviation and per-seed mIoU, the per-seed
 differences that say what each part adds, and for every row with the contrastive term the
 share of the gradient on the decoder feature that comes from it (``feature_gradient_shares``).
-A finished run of the same config found in its folder is read, not trained again
-(``--retrain`` trains it anew), so a table can be built from runs made one by one. With
+A finished run found in its folder, with every setting its method reads the same, is read,
+not trained again (``--retrain`` trains it anew), so a table can be built from runs made one
+by one, and a change to the contrastive term's settings retrains the PRCL rows alone. With
 ``--jobs N`` the runs go to N processes at once, each with (CPU cores / N) threads
 (``--threads`` sets it); a run's numbers depend on its thread count, so compare tables made
 with the same thread count.
@@ -115,14 +116,33 @@ def feature_gradient_shares(cfg: Config, run_dir: Path, batches: int = 4) -> dic
     return mean
 
 
+CONTRASTIVE_KEYS = ("weak_threshold", "strong_threshold", "temperature", "num_queries",
+                    "num_negatives", "prototypes", "gdp_forgetting", "virtual_negatives",
+                    "virtual_radius")
+"""The loss keys that only the contrastive term reads."""
+
+
+def read_settings(config: dict) -> dict:
+    """A config (as dicts) without the keys its method never reads: the baseline reads no
+    ``loss`` or ``ramp`` key, the mean teacher no contrastive one (``CONTRASTIVE_KEYS``) and no
+    ``ramp``."""
+    method = config["train"]["method"]
+    kept = {k: v for k, v in config.items() if method == "prcl" or k != "ramp"}
+    if method == "supervised":
+        kept.pop("loss")
+    elif method == "mean_teacher":
+        kept["loss"] = {k: v for k, v in config["loss"].items() if k not in CONTRASTIVE_KEYS}
+    return kept
+
+
 def finished(cfg: Config, run_dir: Path) -> dict | None:
-    """The last evaluation of a run of exactly ``cfg`` that trained its last step in
-    ``run_dir``, else None."""
+    """The last evaluation of a run in ``run_dir`` that trained its last step with ``cfg``,
+    every key its method reads the same (``read_settings``), else None."""
     done = last_evaluation(run_dir)
     saved = run_dir / "config.yaml"
     if done is None or not saved.is_file():
         return None
-    same = yaml.safe_load(saved.read_text()) == config_to_dict(cfg)
+    same = read_settings(yaml.safe_load(saved.read_text())) == read_settings(config_to_dict(cfg))
     return done if same and done["step"] == cfg.train.epochs * cfg.train.steps_per_epoch else None
 
 
