@@ -123,11 +123,12 @@ CONTRASTIVE_KEYS = ("weak_threshold", "strong_threshold", "temperature", "num_qu
 
 
 def read_settings(config: dict) -> dict:
-    """A config (as dicts) without the keys its method never reads: the baseline reads no
-    ``loss`` or ``ramp`` key, the mean teacher no contrastive one (``CONTRASTIVE_KEYS``) and no
-    ``ramp``."""
+    """A config (as dicts) without the keys its method never reads, and without the run's
+    folder: the baseline reads no ``loss`` or ``ramp`` key, the mean teacher no contrastive one
+    (``CONTRASTIVE_KEYS``) and no ``ramp``."""
     method = config["train"]["method"]
     kept = {k: v for k, v in config.items() if method == "prcl" or k != "ramp"}
+    kept["train"] = {k: v for k, v in config["train"].items() if k != "out_dir"}
     if method == "supervised":
         kept.pop("loss")
     elif method == "mean_teacher":
