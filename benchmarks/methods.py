@@ -237,7 +237,8 @@ def main() -> None:
     parser.add_argument("config", help="a built-in config or a YAML file")
     parser.add_argument("overrides", nargs="*", help="overrides for every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS,
+                        help="the standard rows to run (default: all; none: the variants alone)")
     parser.add_argument("--variant", nargs="+", action="append", default=[],
                         metavar="NAME METHOD [KEY=VALUE]",
                         help="one more row: METHOD with these overrides (repeatable)")
