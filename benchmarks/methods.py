@@ -123,12 +123,14 @@ CONTRASTIVE_KEYS = ("weak_threshold", "strong_threshold", "temperature", "num_qu
 
 
 def read_settings(config: dict) -> dict:
-    """A config (as dicts) without the keys its method never reads, and without the run's
-    folder: the baseline reads no ``loss`` or ``ramp`` key, the mean teacher no contrastive one
+    """A config (as dicts) without the keys its method never reads, without the run's folder
+    and without ``train.eval_every`` (evaluating does not change what a run trains): the
+    baseline reads no ``loss`` or ``ramp`` key, the mean teacher no contrastive one
     (``CONTRASTIVE_KEYS``) and no ``ramp``."""
     method = config["train"]["method"]
     kept = {k: v for k, v in config.items() if method == "prcl" or k != "ramp"}
-    kept["train"] = {k: v for k, v in config["train"].items() if k != "out_dir"}
+    kept["train"] = {k: v for k, v in config["train"].items()
+                     if k not in ("out_dir", "eval_every")}
     if method == "supervised":
         kept.pop("loss")
     elif method == "mean_teacher":

@@ -178,6 +178,24 @@ GDP_VN = ("loss.prototypes=global", "loss.gdp_forgetting=0.9", "loss.virtual_neg
           "loss.virtual_radius=2")
 
 
+def test_evaluating_does_not_change_what_a_run_trains(cache, tmp_path):
+    """A run evaluated after every epoch ends with the same networks, to the bit, as one
+    evaluated only at its end: the validation loader draws from torch's global generator, and
+    training must not read it afterwards."""
+    networks = []
+    for every in (1, 2):
+        cfg = tiny(cache, tmp_path / f"every{every}", "train.deterministic=true",
+                   "train.labelled_warmup_epochs=1", f"train.eval_every={every}")
+        trainer = Trainer(cfg, progress=False)
+        trainer.fit()
+        networks.append([getattr(trainer, n).state_dict() for n in ("student", "teacher")])
+    evals = [line for line in (tmp_path / "every1" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert len(evals) == 2
+    for a, b in zip(*networks, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("options", [("train.labelled_warmup_epochs=0",),
                                      ("train.labelled_warmup_epochs=1",), GDP_VN,
                                      ("optim.optimizer=adamw",)],
